@@ -1,0 +1,215 @@
+"""A model ready to analyse: module on a device, its preprocessing, class names and where its weights came from."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .architectures import ARCHITECTURES, build_model, conv_layer_names, visible_layer_names
+from .weights import (
+    IMAGENET,
+    WeightsError,
+    canonical_keys,
+    imagenet_state_dict,
+    load_state_dict_file,
+    match_state_dict,
+)
+
+__all__ = ["DeviceError", "LoadedModel", "WeightsInfo", "available_devices", "load_model", "resolve_device"]
+
+
+class DeviceError(ValueError):
+    """A device that is not available here; the message says why."""
+
+
+def available_devices() -> list[str]:
+    """Devices this machine can run on, best first (cuda, mps, cpu)."""
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return [*found, "cpu"]
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks cuda > mps > cpu; an unavailable device is a DeviceError, never a silent fallback."""
+    name = str(name).strip().lower()
+    if name == "auto":
+        return torch.device(available_devices()[0])
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise DeviceError(f"{name!r} is not a device name; use auto, cpu, cuda or mps.") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError("CUDA was asked for, but this machine has no usable NVIDIA GPU (torch sees none).")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"There is no GPU {name}: this machine has {torch.cuda.device_count()}.")
+    elif device.type == "mps":
+        if name not in available_devices():
+            raise DeviceError("MPS was asked for, but it is not available (it needs Apple silicon and macOS).")
+    elif device.type != "cpu":
+        raise DeviceError(f"{name!r} is not supported; use auto, cpu, cuda or mps.")
+    return device
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where the weights came from, in words for the banner."""
+
+    source: str  # "imagenet" | "file" | "none"
+    description: str  # e.g. "ImageNet-1K, torchvision, acc@1 56.5%"
+    trained: bool
+    warning: str | None = None  # set whenever predictions are meaningless; shown loudly
+    path: str | None = None
+
+
+UNTRAINED_WARNING = (
+    "untrained weights: predictions are meaningless - run `alexnet-viz weights fetch` while online, "
+    "or pass --weights"
+)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """An eval-mode model with frozen parameters, shared read-only by every request."""
+
+    arch: str
+    module: nn.Sequential
+    device: torch.device
+    transform: Callable[[Image.Image], torch.Tensor]  # RGB PIL -> (3, S, S) normalised
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    categories: tuple[str, ...]
+    weights: WeightsInfo
+    input_size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return visible_layer_names(self.module)
+
+    @property
+    def conv_layers(self) -> list[str]:
+        return conv_layer_names(self.module)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL -> (1, 3, S, S) on the model's device, exactly as the weights' transforms do it."""
+        return self.transform(image).unsqueeze(0).to(self.device)
+
+    def class_index(self, target: int | str) -> int:
+        """A class index from an index or a class name (case-insensitive, exact match first)."""
+        if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit()):
+            index = int(target)
+            if not 0 <= index < self.num_classes:
+                raise ValueError(f"Class index {index} is out of range; this model has {self.num_classes} classes.")
+            return index
+        wanted = target.strip().lower()
+        names = [c.lower() for c in self.categories]
+        if wanted in names:
+            return names.index(wanted)
+        partial = [i for i, n in enumerate(names) if wanted and wanted in n]
+        if len(partial) == 1:
+            return partial[0]
+        raise ValueError(f"No single class is called {target!r}; pick one from the list of {self.num_classes}.")
+
+
+def _categories(num_classes: int, labels: Sequence[str] | str | os.PathLike[str] | None) -> tuple[str, ...]:
+    if labels is not None:
+        if isinstance(labels, str | os.PathLike):
+            path = Path(labels)
+            try:
+                names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            except (OSError, UnicodeDecodeError) as e:
+                raise WeightsError(f"Cannot read the labels file {path} ({e}).") from e
+        else:
+            names = [str(n) for n in labels]
+        if len(names) != num_classes:
+            raise WeightsError(f"The labels list has {len(names)} names but the model has {num_classes} classes.")
+        return tuple(names)
+    if num_classes == len(IMAGENET.meta["categories"]):
+        return tuple(IMAGENET.meta["categories"])  # ImageNet's class space: names from torchvision's metadata
+    return tuple(f"class {i}" for i in range(num_classes))
+
+
+def _imagenet_description() -> str:
+    acc = IMAGENET.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+    return f"ImageNet-1K, torchvision, acc@1 {acc:.1f}%"
+
+
+def load_model(
+    arch: str = "torchvision",
+    weights: str | os.PathLike[str] = "imagenet",
+    device: str | torch.device = "auto",
+    *,
+    num_classes: int | None = None,
+    labels: Sequence[str] | str | os.PathLike[str] | None = None,
+    fallback: bool = False,
+    download: bool = True,
+) -> LoadedModel:
+    """Build ``arch``, put ``weights`` into it ("imagenet", "none" or a file path) and move it to ``device``.
+
+    With ``fallback=True`` an unavailable ImageNet checkpoint gives the seeded untrained model with a loud
+    warning in ``weights.warning`` instead of a WeightsError.
+    """
+    if arch not in ARCHITECTURES:
+        raise WeightsError(f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
+    spec = ARCHITECTURES[arch]
+    target_device = resolve_device(device)
+    weights_name = str(weights)
+    state: dict[str, torch.Tensor] | None = None
+    info: WeightsInfo
+
+    if weights_name == "imagenet":
+        if not spec.has_imagenet_weights:
+            raise WeightsError(f"ImageNet weights exist only for the torchvision architecture, not {arch!r}.")
+        if num_classes not in (None, 1000):
+            raise WeightsError("The ImageNet weights have 1000 classes; drop --num-classes or use --weights none.")
+        try:
+            state = imagenet_state_dict(download=download)
+            info = WeightsInfo("imagenet", _imagenet_description(), trained=True)
+        except WeightsError as e:
+            if not fallback:
+                raise
+            info = WeightsInfo("none", "seeded untrained weights (ImageNet weights unavailable)", trained=False,
+                               warning=f"{UNTRAINED_WARNING}. {e}")
+    elif weights_name == "none":
+        info = WeightsInfo("none", "seeded untrained weights (seed 0)", trained=False, warning=UNTRAINED_WARNING)
+    else:
+        path = Path(weights_name).expanduser()
+        state = canonical_keys(load_state_dict_file(path))
+        info = WeightsInfo("file", f"weights from {path.name}", trained=True, path=str(path))
+
+    if num_classes is None:
+        head = state.get("fc8.bias") if state is not None else None
+        num_classes = int(head.shape[0]) if head is not None else 1000
+    module = build_model(arch, num_classes=num_classes, seed=0)
+    if state is not None:
+        module.load_state_dict(match_state_dict(state, module), strict=True)
+    module.requires_grad_(False)  # attribution needs gradients w.r.t. the input only; backward stops there
+    module = module.to(target_device).eval()
+
+    transform = IMAGENET.transforms(crop_size=spec.input_size, resize_size=max(spec.input_size,
+                                                                              round(spec.input_size * 256 / 224)))
+    return LoadedModel(
+        arch=arch,
+        module=module,
+        device=target_device,
+        transform=transform,
+        mean=tuple(transform.mean),
+        std=tuple(transform.std),
+        categories=_categories(num_classes, labels),
+        weights=info,
+        input_size=spec.input_size,
+    )
