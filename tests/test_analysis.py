@@ -1,0 +1,133 @@
+"""One forward pass: torchvision's own forward as the oracle, captured layers, hooks that always go away."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from alexnet_viz.activations import capture
+from alexnet_viz.analysis import analyze, explain
+from alexnet_viz.model import DeviceError, load_model, resolve_device
+
+IMAGENET = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    # A smooth, non-square synthetic photo: gradients plus a disc, so every layer sees structure.
+    h, w = 300, 400
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx / w * 255, yy / h * 255, ((xx - 200) ** 2 + (yy - 150) ** 2 < 80**2) * 200.0], axis=-1)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def tv_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torchvision.models.AlexNet]:
+    torch.manual_seed(11)
+    theirs = torchvision.models.alexnet(weights=None).eval()
+    path = tmp_path_factory.mktemp("w") / "seeded_tv.pt"
+    torch.save(theirs.state_dict(), path)
+    return path, theirs
+
+
+def test_top5_and_probabilities_equal_torchvisions_forward(tv_file, photo: Image.Image) -> None:
+    path, theirs = tv_file
+    loaded = load_model("torchvision", path, "cpu")
+    result = analyze(loaded, photo)
+    with torch.no_grad():  # the oracle: torchvision's model and its weights' own transforms
+        expected = torch.softmax(theirs(IMAGENET.transforms()(photo).unsqueeze(0))[0], dim=0)
+    values, indices = expected.topk(5)
+    assert [p.index for p in result.top_k] == indices.tolist()
+    assert np.allclose([p.probability for p in result.top_k], values.numpy(), atol=1e-5)
+    assert torch.allclose(result.probabilities, expected, atol=1e-5)
+    assert [p.label for p in result.top_k] == [IMAGENET.meta["categories"][i] for i in indices.tolist()]
+    assert result.probabilities.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_every_visible_layer_is_captured_uncorrupted(photo: Image.Image) -> None:
+    loaded = load_model("paper", "none", "cpu")
+    result = analyze(loaded, photo)
+    assert list(result.activations) == loaded.layer_names
+    assert result.input.shape == (1, 3, 227, 227) and result.view.size == (227, 227)
+    acts = result.activations
+    assert acts["conv1"].shape == (96, 55, 55) and acts["pool5"].shape == (256, 6, 6) and acts["fc8"].shape == (1000,)
+    # Re-run the layers by hand: each capture equals its module applied to the previous capture.
+    m = loaded.module
+    with torch.no_grad():
+        assert torch.allclose(acts["conv1"], m.conv1(result.input)[0], atol=1e-5)
+        assert torch.equal(acts["relu1"], acts["conv1"].clamp(min=0))  # conv1 was not overwritten by relu1
+        assert torch.allclose(acts["lrn1"], m.lrn1(acts["relu1"][None])[0], atol=1e-6)
+        assert torch.allclose(result.logits, acts["fc8"])
+    assert result.sparsity("relu1") == pytest.approx(float((acts["conv1"] <= 0).float().mean()), abs=1e-6)
+    assert result.sparsity("conv1") < result.sparsity("relu1")
+    assert set(result.timings) == {"decode", "preprocess", "forward"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.top_k = ()  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        result.activations["conv1"] = torch.zeros(1)  # type: ignore[index]
+
+
+def test_input_view_is_what_the_network_saw(photo: Image.Image) -> None:
+    loaded = load_model("torchvision", "none", "cpu")
+    result = analyze(loaded, photo)
+    # The view, normalised again (no resize: it is already S x S), is the input up to 8-bit rounding.
+    view = torch.from_numpy(np.asarray(result.view)).permute(2, 0, 1).float() / 255
+    again = (view - torch.tensor(loaded.mean).view(3, 1, 1)) / torch.tensor(loaded.std).view(3, 1, 1)
+    assert torch.allclose(again[None], result.input, atol=0.5 / 255 / min(loaded.std) + 1e-5)
+
+
+def test_capture_removes_its_hooks_even_after_an_exception() -> None:
+    model = load_model("torchvision", "none", "cpu").module
+
+    def hook_count() -> int:
+        return sum(len(m._forward_hooks) for m in model.modules())
+
+    assert hook_count() == 0
+    with pytest.raises(RuntimeError), capture(model, ["conv1", "relu5", "fc8"]):
+        assert hook_count() == 3
+        model(torch.zeros(1, 3, 5))  # wrong shape: fails mid-forward
+    assert hook_count() == 0
+    with capture(model, ["conv2"]) as acts, torch.no_grad():
+        model(torch.zeros(1, 3, 100, 100))
+    assert acts["conv2"].shape == (1, 192, 11, 11) and hook_count() == 0
+
+
+def test_devices() -> None:
+    assert resolve_device("auto").type in {"cuda", "mps", "cpu"}
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no usable NVIDIA GPU"):
+            resolve_device("cuda")
+        with pytest.raises(DeviceError, match="no usable NVIDIA GPU"):
+            load_model("torchvision", "none", "cuda")
+    with pytest.raises(DeviceError, match="not a device name"):
+        resolve_device("gpu please")
+
+
+def test_targets_by_index_and_name() -> None:
+    loaded = load_model("torchvision", "none", "cpu")
+    assert loaded.class_index(281) == 281 and loaded.class_index("281") == 281
+    assert loaded.categories[loaded.class_index("Tabby")] == "tabby"
+    with pytest.raises(ValueError, match="out of range"):
+        loaded.class_index(1000)
+    with pytest.raises(ValueError, match="No single class"):
+        loaded.class_index("cat")  # tabby cat? tiger cat? Persian cat? - ambiguous
+    labelled = load_model("paper", "none", "cpu", num_classes=3, labels=["ant", "bee", "wasp"])
+    assert labelled.categories == ("ant", "bee", "wasp") and labelled.class_index("bee") == 1
+
+
+def test_explain_defaults_to_top1_and_reuses_the_analysis_input(photo: Image.Image) -> None:
+    loaded = load_model("torchvision", "none", "cpu")
+    result = analyze(loaded, photo)
+    attr = explain(loaded, result, "saliency")
+    assert attr.target == result.top1.index
+    x = result.input.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loaded.module(x)[0, result.top1.index], x)
+    assert torch.allclose(attr.heatmap, grad[0].abs().amax(0), atol=1e-6)
+    assert explain(loaded, result, "saliency", target="tabby").target == 281
