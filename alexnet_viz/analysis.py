@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .activations import capture
+from .attribution import MODEL_LOCK
 from .images import ImageSource, load_image
 
 if TYPE_CHECKING:
@@ -83,7 +84,9 @@ def analyze(loaded: LoadedModel, image: ImageSource, *, top_k: int = 5) -> Analy
     t1 = time.perf_counter()
     x = loaded.preprocess(pil)  # (1, 3, S, S); made outside inference mode so attribution can use it
     t2 = time.perf_counter()
-    with torch.inference_mode(), capture(loaded.module, loaded.layer_names) as acts:
+    # The model is shared by every visitor: capture's hooks (and Captum's) must not see another
+    # request's forward pass, so forwards and attributions take turns.
+    with MODEL_LOCK, torch.inference_mode(), capture(loaded.module, loaded.layer_names) as acts:
         logits = loaded.module(x)[0].float()  # (num_classes,)
     if loaded.device.type == "cuda":
         torch.cuda.synchronize(loaded.device)

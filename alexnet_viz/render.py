@@ -1,0 +1,822 @@
+"""Pure, fast rendering: tensors and arrays in, RGB PIL images out.
+
+Nothing here knows about models, hooks or gradio. All channels of a layer become one image, never one
+matplotlib subplot per channel (that costs seconds a layer): values are quantised to 256 levels and
+looked up in a colormap table that matplotlib builds once per name. numpy only touches the small arrays
+(the maps themselves); everything projector-sized is made by Pillow in C: the lookup as a palette image
+("P" -> "RGB") and the magnification as nearest-neighbour resizes of whole bands. Large numpy temporaries
+cost more in page faults than in arithmetic (the same 1300 px grid gathered in numpy took 3-4x as long).
+
+Inputs may be numpy arrays or torch tensors (anything with `.detach()`); torch is never imported here.
+Text uses Pillow's bundled font (`ImageFont.load_default(size=...)`), so nothing is fetched at runtime.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = [
+    "BAR_COLOR",
+    "MAC_COLOR",
+    "PARAM_COLOR",
+    "WHITE",
+    "attribution_overlay",
+    "channel_overlay",
+    "colorbar",
+    "colorize",
+    "colormap_lut",
+    "feature_grid",
+    "filter_grid",
+    "grid_layout",
+    "heatmap_image",
+    "hstack",
+    "label",
+    "share_chart",
+    "shared_vmax",
+    "strongest_channels_strip",
+    "tile_at",
+    "to_uint8",
+    "top_k_chart",
+    "vector_strip",
+    "vstack",
+]
+
+ArrayLike: TypeAlias = Any  # a numpy array, a torch tensor, or anything np.asarray takes
+RGB: TypeAlias = tuple[int, int, int]
+Font: TypeAlias = "ImageFont.FreeTypeFont | ImageFont.ImageFont"
+
+WHITE: RGB = (255, 255, 255)
+BAR_COLOR: RGB = (31, 119, 180)  # top_k_chart's bars (matplotlib's tab:blue, readable on projectors)
+PARAM_COLOR: RGB = (31, 119, 180)  # share_chart: parameters (tab:blue)
+MAC_COLOR: RGB = (255, 127, 14)  # share_chart: compute (tab:orange)
+_INK: RGB = (34, 34, 34)  # text: near-black is softer than pure black on bright projectors
+# feature_grid's default width band: fills a 1280x720 projector; wider only costs memory and time.
+_GRID_MIN_WIDTH = 1000
+_GRID_MAX_WIDTH = 1400
+_MIN_TEXT = 22  # px; smaller text is unreadable from the back of a lecture hall
+
+
+# ---------------------------------------------------------------------------------------------------------
+# conversions
+
+
+def _as_numpy(x: ArrayLike) -> np.ndarray:
+    """Return `x` as a float32 numpy array; torch tensors are detached and moved to the CPU first."""
+    if hasattr(x, "detach"):  # a torch tensor: no torch import needed to recognise it
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def to_uint8(x01: ArrayLike) -> np.ndarray:
+    """Map floats in [0, 1] to uint8 0..255 (rounded, clipped); NaN becomes 0."""
+    a = np.nan_to_num(_as_numpy(x01), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# colour
+
+
+@functools.cache
+def colormap_lut(name: str) -> np.ndarray:
+    """(256, 3) uint8 table of matplotlib's colormap `name`; built once per name, read-only.
+
+    Entry i is exactly `matplotlib.colormaps[name](x, bytes=True)[:3]` for every x in [i/256, (i+1)/256).
+    """
+    import matplotlib  # lazy, and only for the colour tables: no figure is ever made
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(f"Unknown colormap {name!r}; try 'viridis', 'inferno' or 'RdBu_r'.") from None
+    lut = np.ascontiguousarray(cmap(np.linspace(0.0, 1.0, 256), bytes=True)[:, :3])
+    lut.flags.writeable = False
+    return lut
+
+
+@functools.cache
+def _palette(name: str) -> bytes:
+    return colormap_lut(name).tobytes()  # the 768 bytes Image.putpalette takes
+
+
+def _indexed(idx: np.ndarray, cmap: str) -> Image.Image:
+    """(H, W) uint8 LUT indices -> RGB image of those colours; Pillow does the lookup, in C."""
+    h, w = idx.shape
+    image = Image.frombytes("P", (w, h), np.ascontiguousarray(idx, dtype=np.uint8).tobytes())
+    image.putpalette(_palette(cmap))
+    return image.convert("RGB")
+
+
+def _finite_range(a: np.ndarray, axis: int | tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max over the finite values of `a` (0, 0 where there are none)."""
+    if np.isfinite(a).all():
+        if a.size == 0:
+            zero = np.zeros((), np.float32)
+            return zero, zero
+        return a.min(axis=axis), a.max(axis=axis)
+    finite = np.isfinite(a)
+    lo = np.where(finite, a, np.inf).min(axis=axis)
+    hi = np.where(finite, a, -np.inf).max(axis=axis)
+    none = ~finite.any(axis=axis)
+    return np.where(none, 0.0, lo).astype(np.float32), np.where(none, 0.0, hi).astype(np.float32)
+
+
+def _quantize(v: np.ndarray, lo: ArrayLike, hi: ArrayLike) -> np.ndarray:
+    """Map [lo, hi] to LUT indices 0..255 the way matplotlib does (floor(x * 256), 1.0 -> 255).
+
+    `lo`/`hi` broadcast against `v` (per-channel ranges). NaN goes to 0. Where lo == hi there is no scale:
+    values above it go to 255 and the rest to 0, so a constant map is one colour, not a division by zero.
+    """
+    lo = np.asarray(lo, np.float32)
+    hi = np.asarray(hi, np.float32)
+    span = hi - lo
+    flat = span <= 0
+    scale = np.where(flat, 0.0, 256.0 / np.where(flat, 1.0, span)).astype(np.float32)
+    with np.errstate(invalid="ignore"):  # inf * 0 on flat ranges; fixed just below
+        t = (v - lo) * scale
+        if flat.any():
+            t = np.where(flat, np.where(v > hi, 256.0, 0.0), t).astype(np.float32)
+    np.nan_to_num(t, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+    np.clip(t, 0.0, 255.0, out=t)
+    return t.astype(np.uint8)
+
+
+def _limits(v: np.ndarray, vmin: float | None, vmax: float | None) -> tuple[float, float]:
+    if vmin is None or vmax is None:
+        lo, hi = _finite_range(v)
+        vmin = float(lo) if vmin is None else vmin
+        vmax = float(hi) if vmax is None else vmax
+    if vmin > vmax:
+        raise ValueError(f"vmin ({vmin}) must not exceed vmax ({vmax}).")
+    return float(vmin), float(vmax)
+
+
+def colorize(
+    values: ArrayLike, *, cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None
+) -> np.ndarray:
+    """(H, W) values -> (H, W, 3) uint8 colours; the range defaults to the finite min..max.
+
+    NaN gets the lowest colour; a constant input gets one colour (the lowest) instead of a division by zero.
+    Works for any shape: the colour axis is appended.
+    """
+    v = _as_numpy(values)
+    lo, hi = _limits(v, vmin, vmax)
+    return np.take(colormap_lut(cmap), _quantize(v, lo, hi), axis=0)
+
+
+def _heat_scale(heat: np.ndarray, *, signed: bool, vmax: float | None) -> tuple[float, float]:
+    """The (vmin, vmax) an attribution map is drawn with: symmetric around 0 if signed, from 0 if not."""
+    if vmax is None:
+        lo, hi = _finite_range(heat)
+        vmax = max(abs(float(lo)), abs(float(hi))) if signed else float(hi)
+    vmax = max(float(vmax), 0.0)
+    return (-vmax if signed else 0.0), vmax
+
+
+def _heat_indices(heat: np.ndarray, *, signed: bool, vmax: float | None) -> np.ndarray:
+    heat = np.nan_to_num(heat, nan=0.0)  # a missing value means "no attribution"
+    lo, hi = _heat_scale(heat, signed=signed, vmax=vmax)
+    if signed and hi == 0.0:  # an all-zero signed map is neutral: the colormap's centre, not its end
+        return np.full(heat.shape, 128, np.uint8)
+    return _quantize(heat, lo, hi)
+
+
+def shared_vmax(heats: Iterable[ArrayLike], *, signed: bool = False, percentile: float = 100.0) -> float:
+    """One vmax for several attribution maps, so that methods compared side by side share a scale.
+
+    Takes the `percentile` of |values| (signed) or values (unsigned) over all finite entries; a
+    percentile below 100 (e.g. 99.5) keeps a few outlier pixels from washing out the rest.
+    """
+    parts = [_as_numpy(h).ravel() for h in heats]
+    if not parts:
+        return 0.0
+    v = np.concatenate(parts)
+    v = v[np.isfinite(v)]
+    if signed:
+        v = np.abs(v)
+    if v.size == 0:
+        return 0.0
+    return max(float(np.percentile(v, percentile)), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# grids
+
+
+def grid_layout(n: int, *, columns: int | None = None) -> tuple[int, int]:
+    """(rows, cols) for `n` tiles, never taller than wide (screens and projectors are landscape).
+
+    The most square exact factorisation with cols >= rows is used when it is at most 2:1 (64 -> 8x8,
+    96 -> 8 rows x 12, 384 -> 16 x 24, 1000 -> 25 x 40); otherwise cols = ceil(sqrt(n)) with the last row
+    part-filled. `columns` fixes the number of columns.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, not {n}")
+    if n == 0:
+        return (0, 0)
+    if columns is not None:
+        if columns < 1:
+            raise ValueError(f"columns must be >= 1, not {columns}")
+        cols = min(columns, n)
+        return (math.ceil(n / cols), cols)
+    for rows in range(math.isqrt(n), 0, -1):
+        if n % rows == 0:
+            cols = n // rows
+            if cols <= max(2 * rows, 3):
+                return (rows, cols)
+            break
+    cols = math.ceil(math.sqrt(n))
+    return (math.ceil(n / cols), cols)
+
+
+def _tiles_image(small: Image.Image, n: int, rows: int, cols: int, background: RGB) -> Image.Image:
+    """Blank the unused cells (index >= n) of a (rows*h, cols*w) mosaic of tiles, in place."""
+    h, w = small.height // rows, small.width // cols
+    for i in range(n, rows * cols):
+        r, c = divmod(i, cols)
+        small.paste(background, (c * w, r * h, (c + 1) * w, (r + 1) * h))
+    return small
+
+
+def _magnify(
+    small: Image.Image, rows: int, cols: int, *, zoom: int, gap: int, background: RGB
+) -> Image.Image:
+    """A (rows*h, cols*w) mosaic of tiles -> each tile `zoom` times larger (nearest), `gap` px apart.
+
+    Separable, in Pillow: one resize per tile column into a short band image, then one per tile row into
+    the output, so the work is O(output pixels) in C with rows + cols calls, not one call per tile.
+    """
+    h, w = small.height // rows, small.width // cols
+    if gap == 0:
+        return small.resize((small.width * zoom, small.height * zoom), Image.Resampling.NEAREST)
+    width, height = cols * (w * zoom + gap) - gap, rows * (h * zoom + gap) - gap
+    band = Image.new("RGB", (width, small.height), background)  # columns magnified, rows not yet
+    for c in range(cols):
+        part = small.resize(
+            (w * zoom, small.height), Image.Resampling.NEAREST, box=(c * w, 0, (c + 1) * w, small.height)
+        )
+        band.paste(part, (c * (w * zoom + gap), 0))
+    out = Image.new("RGB", (width, height), background)
+    for r in range(rows):
+        part = band.resize((width, h * zoom), Image.Resampling.NEAREST, box=(0, r * h, width, (r + 1) * h))
+        out.paste(part, (0, r * (h * zoom + gap)))
+    return out
+
+
+def _mosaic_indices(idx: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(N, h, w) -> (rows*h, cols*w), tiles row-major; unused cells hold 0 (blanked afterwards)."""
+    n, h, w = idx.shape
+    padded = np.zeros((rows * cols, h, w), idx.dtype)
+    padded[:n] = idx
+    return padded.reshape(rows, cols, h, w).transpose(0, 2, 1, 3).reshape(rows * h, cols * w)
+
+
+def filter_grid(
+    weight: ArrayLike,
+    *,
+    scale: int = 6,
+    gap: int = 2,
+    columns: int | None = None,
+    background: RGB = WHITE,
+) -> Image.Image:
+    """First-layer filters (C_out, 3, k, k) as RGB tiles, each min-max normalised on its own.
+
+    Every filter is scaled to [0, 1] across its three channels together (so its colour balance is kept),
+    magnified `scale` times (nearest) and laid out by `grid_layout` with `gap` px of `background` between
+    tiles. A constant filter is mid-grey. Single-channel filters (C_out, 1, k, k) are shown in grey.
+    """
+    w = _as_numpy(weight)  # (C_out, C_in, k, k)
+    if w.ndim != 4 or w.shape[1] not in (1, 3) or w.shape[0] == 0:
+        raise ValueError(
+            f"filter_grid shows first-layer filters shaped (C_out, 3, k, k), not {tuple(w.shape)}; "
+            "show deeper layers with feature_grid."
+        )
+    if scale < 1 or gap < 0:
+        raise ValueError("scale must be >= 1 and gap >= 0")
+    c = w.shape[0]
+    if w.shape[1] == 1:
+        w = np.repeat(w, 3, axis=1)
+    flat = w.reshape(c, -1)
+    lo, hi = _finite_range(flat, axis=1)  # (C,) each
+    span = (hi - lo)[:, None, None, None]
+    lo4 = lo[:, None, None, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.where(span > 0, (w - lo4) / np.where(span > 0, span, 1.0), 0.5)  # (C, 3, k, k) in [0, 1]
+    x = np.where(np.isnan(x), 0.5, x)
+    tiles = to_uint8(x).transpose(0, 2, 3, 1)  # (C, k, k, 3)
+    rows, cols = grid_layout(c, columns=columns)
+    k = tiles.shape[1]
+    padded = np.zeros((rows * cols, k, k, 3), np.uint8)
+    padded[:c] = tiles
+    small = padded.reshape(rows, cols, k, k, 3).transpose(0, 2, 1, 3, 4).reshape(rows * k, cols * k, 3)
+    small_image = _tiles_image(Image.fromarray(small), c, rows, cols, background)
+    return _magnify(small_image, rows, cols, zoom=scale, gap=gap, background=background)
+
+
+def _channel_means(a: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (C,) mean over finite values; channels with none get -inf (sorted last)."""
+    flat = a.reshape(a.shape[0], -1)
+    if np.isfinite(flat).all():
+        return flat.mean(axis=1)
+    finite = np.isfinite(flat)
+    count = finite.sum(axis=1)
+    total = np.where(finite, flat, 0.0).sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), -np.inf)
+
+
+def _spatial(act: ArrayLike, what: str) -> np.ndarray:
+    a = _as_numpy(act)
+    if a.ndim == 4 and a.shape[0] == 1:  # a batch of one, as hooks capture it
+        a = a[0]
+    if a.ndim != 3:
+        hint = " Draw 1-D (fully connected) activations with vector_strip." if a.ndim <= 2 else ""
+        raise ValueError(f"{what} needs activations shaped (C, H, W), not {tuple(a.shape)}.{hint}")
+    return a
+
+
+def feature_grid(
+    act: ArrayLike,
+    *,
+    sort: bool = False,
+    cmap: str = "viridis",
+    cell: int | None = None,
+    gap: int = 1,
+    columns: int | None = None,
+    max_channels: int | None = None,
+    normalize: Literal["channel", "layer"] = "channel",
+    background: RGB = WHITE,
+) -> tuple[Image.Image, list[int]]:
+    """Every channel of a conv activation (C, H, W) tiled into one image; returns (image, channel order).
+
+    `order[i]` is the channel drawn in tile i (row-major), so a UI can map a tile back to its channel.
+    `sort=True` orders channels by mean activation, largest first (ties keep index order);
+    `max_channels` keeps the first ones of that order. `normalize="channel"` stretches each map to the
+    full colormap (shows the pattern of weak channels); `"layer"` uses one range for the whole layer (shows
+    which channels are strong). Each map is magnified by an integer factor to about `cell` px; by default
+    by the smallest factor that makes the grid at least 1000 px wide (and at most 1400 where possible):
+    AlexNet's conv1..conv5 give 3x, 3x, 4x, 5x, 5x.
+    """
+    a = _spatial(act, "feature_grid")  # (C, H, W)
+    c, h, w = a.shape
+    if c == 0 or h == 0 or w == 0:
+        raise ValueError(f"feature_grid got an empty activation {tuple(a.shape)}.")
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0, not {gap}")
+    if normalize not in ("channel", "layer"):
+        raise ValueError(f"normalize must be 'channel' or 'layer', not {normalize!r}")
+    order = np.argsort(-_channel_means(a), kind="stable") if sort else np.arange(c)
+    if max_channels is not None:
+        order = order[: max(int(max_channels), 0)]
+    if order.size == 0:
+        raise ValueError("max_channels must be at least 1.")
+    shown = a[order]  # (N, H, W)
+    if normalize == "channel":
+        lo, hi = _finite_range(shown.reshape(len(order), -1), axis=1)
+        idx = _quantize(shown, np.asarray(lo)[:, None, None], np.asarray(hi)[:, None, None])
+    else:
+        lo, hi = _finite_range(a)  # the whole layer, so the scale does not change with max_channels
+        idx = _quantize(shown, lo, hi)
+    rows, cols = grid_layout(len(order), columns=columns)
+    if cell is not None:
+        zoom = max(1, round(cell / max(h, w)))
+    else:
+        # The smallest integer factor that reaches the band's lower edge, unless that overshoots it.
+        zoom = max(1, math.ceil((_GRID_MIN_WIDTH - gap * (cols - 1)) / (cols * w)))
+        if zoom > 1 and cols * w * zoom + gap * (cols - 1) > _GRID_MAX_WIDTH:
+            zoom -= 1
+    small = _tiles_image(_indexed(_mosaic_indices(idx, rows, cols), cmap), len(order), rows, cols, background)
+    image = _magnify(small, rows, cols, zoom=zoom, gap=gap, background=background)
+    return image, [int(i) for i in order]
+
+
+def vector_strip(
+    values: ArrayLike,
+    *,
+    cmap: str = "viridis",
+    width: int = 640,
+    height: int | None = None,
+    columns: int | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    background: RGB = WHITE,
+) -> Image.Image:
+    """A 1-D activation (F,) as a grid of coloured cells, exactly `width` x `height` px.
+
+    Cells follow `grid_layout` (4096 -> 64 x 64, 1000 -> 25 x 40), row-major, unused cells `background`.
+    `columns=F` gives a one-row strip. `height` defaults to keeping the cells square.
+    """
+    v = _as_numpy(values)
+    if v.ndim == 2 and v.shape[0] == 1:  # a batch of one
+        v = v[0]
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"vector_strip needs a non-empty vector (F,), not {tuple(v.shape)}.")
+    lo, hi = _limits(v, vmin, vmax)
+    rows, cols = grid_layout(v.size, columns=columns)
+    if height is None:
+        height = max(1, round(width * rows / cols))
+    if width < 1 or height < 1:
+        raise ValueError("width and height must be >= 1")
+    cells = np.zeros(rows * cols, np.uint8)
+    cells[: v.size] = _quantize(v, lo, hi)
+    small = _tiles_image(_indexed(cells.reshape(rows, cols), cmap), v.size, rows, cols, background)
+    return small.resize((width, height), Image.Resampling.NEAREST)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# overlays
+
+
+def _resize_float(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) float map -> (H, W) float32 with Pillow's bilinear filter; `size` is PIL's (W, H)."""
+    if (a.shape[1], a.shape[0]) == size:
+        return a.astype(np.float32, copy=False)
+    mode_f = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32))  # Pillow's 32-bit float mode "F"
+    return np.asarray(mode_f.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _map2d(x: ArrayLike, what: str) -> np.ndarray:
+    a = _as_numpy(x)
+    while a.ndim > 2 and a.shape[0] == 1:  # (1, H, W) or (1, 1, H, W) as a method may return it
+        a = a[0]
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"{what} needs a 2-D map (H, W), not {tuple(a.shape)}.")
+    return a
+
+
+def channel_overlay(
+    image: Image.Image,
+    fmap: ArrayLike,
+    *,
+    alpha: float = 0.5,
+    cmap: str = "inferno",
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> Image.Image:
+    """One feature map (h, w) upsampled (bilinear) to the image, coloured, and alpha-blended over it.
+
+    `image` should be what the network saw (the 224 px crop), or the map is stretched over parts it
+    never looked at. `alpha` 0 gives the image, 1 the map alone.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], not {alpha}")
+    base = _rgb(image)
+    f = _map2d(fmap, "channel_overlay")
+    lo, hi = _limits(f, vmin, vmax)
+    f = np.nan_to_num(f, nan=lo, posinf=hi, neginf=lo)  # bilinear filtering would spread a NaN
+    idx = _quantize(_resize_float(f, base.size), lo, hi)
+    return Image.blend(base, _indexed(idx, cmap), alpha)
+
+
+def heatmap_image(
+    heat: ArrayLike,
+    *,
+    cmap: str | None = None,
+    signed: bool = False,
+    vmax: float | None = None,
+    size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """An attribution map (H, W) in colour, without an underlay; `size` (W, H) resizes it bilinearly.
+
+    Signed maps use a diverging colormap ("RdBu_r") over [-vmax, vmax], so 0 is the neutral centre;
+    unsigned maps use "inferno" over [0, vmax] (negatives clip to the bottom). `vmax` defaults to the
+    map's own max |value|; pass one value to several maps to put them on one scale (`shared_vmax`).
+    """
+    h = _map2d(heat, "heatmap_image")
+    if size is not None:
+        h = _resize_float(np.nan_to_num(h, nan=0.0), size)
+    cmap = cmap or ("RdBu_r" if signed else "inferno")
+    return _indexed(_heat_indices(h, signed=signed, vmax=vmax), cmap)
+
+
+def attribution_overlay(
+    image: Image.Image,
+    heat: ArrayLike,
+    *,
+    alpha: float = 0.5,
+    cmap: str | None = None,
+    signed: bool = False,
+    vmax: float | None = None,
+) -> Image.Image:
+    """`heatmap_image(heat)` resized to `image` and alpha-blended over it (alpha 0: image, 1: heat only).
+
+    `image` should be what the network saw (the 224 px crop) so the pixels line up with the heat.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], not {alpha}")
+    base = _rgb(image)
+    h = _map2d(heat, "attribution_overlay")
+    colored = heatmap_image(h, cmap=cmap, signed=signed, vmax=vmax, size=base.size)
+    return Image.blend(base, colored, alpha)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# text and charts
+
+
+@functools.cache
+def _font(size: int) -> Font:
+    # Pillow's bundled scalable font (Pillow >= 10.1 with FreeType): nothing to download or install.
+    return ImageFont.load_default(size=size)
+
+
+def _text_width(font: Font, text: str) -> int:
+    return math.ceil(font.getlength(text))
+
+
+def _line_box(font: Font) -> tuple[int, int]:
+    """(top, bottom) of the ink of a line, from a reference with ascender and descender, so every row
+    of text sits on the same baseline whatever its letters."""
+    _, top, _, bottom = font.getbbox("Hg")
+    return int(top), math.ceil(bottom)
+
+
+def _text_centered_y(
+    draw: ImageDraw.ImageDraw, x: float, cy: float, text: str, font: Font, fill: RGB
+) -> None:
+    top, bottom = _line_box(font)
+    draw.text((x, cy - (top + bottom) / 2), text, font=font, fill=fill)
+
+
+def _fit(text: str, font: Font, max_width: int) -> str:
+    """`text`, shortened with an ellipsis if it is wider than `max_width` px."""
+    if _text_width(font, text) <= max_width:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:  # longest prefix that fits with the ellipsis
+        mid = (lo + hi + 1) // 2
+        if _text_width(font, text[:mid].rstrip() + "…") <= max_width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo].rstrip() + "…"
+
+
+def _percent(p: float) -> str:
+    if 0.0 < p < 0.001:
+        return "<0.1%"
+    return f"{p * 100:.1f}%"
+
+
+def top_k_chart(
+    labels: Sequence[str],
+    probabilities: Sequence[float],
+    *,
+    width: int = 900,
+    bar_height: int = 44,
+    font_size: int | None = None,
+) -> Image.Image:
+    """Horizontal bars, one row per label in the given order, with the probability as a percentage.
+
+    Bar length is proportional to the probability (1.0 fills the bar area). Text is at least 22 px.
+    Labels too long for 45% of the width are shortened with an ellipsis.
+    """
+    if len(labels) != len(probabilities):
+        raise ValueError(f"{len(labels)} labels but {len(probabilities)} probabilities")
+    if not labels:
+        raise ValueError("top_k_chart needs at least one label")
+    size = font_size or max(_MIN_TEXT, round(bar_height * 0.55))
+    font = _font(size)
+    pad, row_gap = 12, 8
+    probs = [min(max(float(p), 0.0), 1.0) if math.isfinite(float(p)) else 0.0 for p in probabilities]
+    texts = [_fit(str(t), font, int(width * 0.45)) for t in labels]
+    label_w = max(_text_width(font, t) for t in texts)
+    pct_w = _text_width(font, "100.0%")
+    x0 = pad + label_w + pad
+    length = width - x0 - pad - 8 - pct_w  # the bar of probability 1.0
+    if length < 20:
+        raise ValueError(f"width {width} px leaves no room for bars; use a wider chart or shorter labels")
+    height = 2 * pad + len(texts) * bar_height + (len(texts) - 1) * row_gap
+    image = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(image)
+    for i, (text, p) in enumerate(zip(texts, probs, strict=True)):
+        y = pad + i * (bar_height + row_gap)
+        cy = y + bar_height / 2
+        _text_centered_y(draw, pad + label_w - _text_width(font, text), cy, text, font, _INK)  # right-aligned
+        bar = round(p * length)
+        if bar > 0:
+            draw.rectangle((x0, y + 3, x0 + bar - 1, y + bar_height - 4), fill=BAR_COLOR)
+        _text_centered_y(draw, x0 + bar + 8, cy, _percent(p), font, _INK)
+    return image
+
+
+def tile_at(
+    grid_size: tuple[int, int], n: int, xy: Sequence[float], *, gap: int = 1, columns: int | None = None
+) -> int | None:
+    """The tile under pixel `xy` = (x, y) of a grid of `n` tiles drawn `grid_size` = (W, H) px with `gap`.
+
+    Inverts the layout of `feature_grid` / `filter_grid` (which share `grid_layout`), so a click on the
+    image can pick a channel. None for the gaps between tiles, unused cells and points outside.
+    """
+    rows, cols = grid_layout(n, columns=columns)
+    width, height = grid_size
+    x, y = float(xy[0]), float(xy[1])
+    pitch_x, pitch_y = (width + gap) / cols, (height + gap) / rows  # tile side + gap
+    if not (0 <= x < width and 0 <= y < height):
+        return None
+    col, row = int(x // pitch_x), int(y // pitch_y)
+    if x - col * pitch_x >= pitch_x - gap or y - row * pitch_y >= pitch_y - gap:
+        return None  # in a gap
+    index = row * cols + col
+    return index if index < n else None
+
+
+def share_chart(
+    names: Sequence[str],
+    param_shares: Sequence[float],
+    mac_shares: Sequence[float],
+    *,
+    width: int = 760,
+    row_height: int = 34,
+    font_size: int = _MIN_TEXT,
+) -> Image.Image:
+    """Per layer, two bars: its share of the parameters and its share of the compute (MACs).
+
+    The seed documents' point in one picture: the FC layers hold the parameters, the convs do the work.
+    """
+    if not (len(names) == len(param_shares) == len(mac_shares)) or not names:
+        raise ValueError("share_chart needs one parameter share and one MAC share per layer name")
+    font = _font(font_size)
+    pad = 12
+    label_w = max(_text_width(font, str(n)) for n in names)
+    pct_w = _text_width(font, "100.0%")
+    x0 = pad + label_w + pad
+    length = width - x0 - pad - 8 - pct_w
+    if length < 20:
+        raise ValueError(f"width {width} px leaves no room for bars")
+    legend_h = font_size + 2 * pad
+    height = legend_h + pad + len(names) * (2 * row_height + pad)
+    image = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(image)
+    colors = (PARAM_COLOR, MAC_COLOR)
+    x = pad
+    for text, color in zip(("parameters", "compute (MACs)"), colors, strict=True):
+        draw.rectangle((x, pad, x + font_size, pad + font_size), fill=color)
+        _text_centered_y(draw, x + font_size + 8, pad + font_size / 2, text, font, _INK)
+        x += font_size + 8 + _text_width(font, text) + 3 * pad
+    for i, name in enumerate(names):
+        y = legend_h + pad + i * (2 * row_height + pad)
+        _text_centered_y(draw, pad + label_w - _text_width(font, str(name)), y + row_height, str(name), font, _INK)
+        for j, (share, color) in enumerate(zip((param_shares[i], mac_shares[i]), colors, strict=True)):
+            p = min(max(float(share), 0.0), 1.0) if math.isfinite(float(share)) else 0.0
+            top = y + j * row_height
+            bar = round(p * length)
+            if bar > 0:
+                draw.rectangle((x0, top + 2, x0 + bar - 1, top + row_height - 3), fill=color)
+            _text_centered_y(draw, x0 + bar + 8, top + row_height / 2, _percent(p), font, _INK)
+    return image
+
+
+def colorbar(
+    cmap: str = "viridis",
+    *,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    width: int = 480,
+    height: int = 24,
+    label: str | None = None,
+    font_size: int = _MIN_TEXT,
+) -> Image.Image:
+    """A horizontal colour scale `width` px wide with a bar `height` px thick; tick values under it
+    (vmin, 0 when the range spans it, else the middle, vmax) and an optional label above it."""
+    if vmin > vmax:
+        raise ValueError(f"vmin ({vmin}) must not exceed vmax ({vmax}).")
+    font = _font(font_size)
+    top, bottom = _line_box(font)
+    line = bottom - top + 6
+    pad = 8
+    bar_len = width - 2 * pad
+    if bar_len < 2 or height < 1:
+        raise ValueError("colorbar is too small")
+    y_bar = pad + (line if label else 0)
+    image = Image.new("RGB", (width, y_bar + height + 4 + line + pad), WHITE)
+    idx = (np.arange(bar_len) * 256 // bar_len).astype(np.uint8)  # (L,) LUT index along the bar
+    image.paste(
+        _indexed(idx[None, :], cmap).resize((bar_len, height), Image.Resampling.NEAREST), (pad, y_bar)
+    )
+    draw = ImageDraw.Draw(image)
+    if label:
+        text = _fit(label, font, width - 2 * pad)
+        draw.text(((width - _text_width(font, text)) / 2, pad - top), text, font=font, fill=_INK)
+    mid = 0.0 if vmin < 0.0 < vmax else (vmin + vmax) / 2
+    y_text = y_bar + height + 4 - top
+    ticks = [(vmin, 0.0), (mid, 0.5 if vmax == vmin else (mid - vmin) / (vmax - vmin)), (vmax, 1.0)]
+    for value, frac in ticks:
+        text = f"{value:.3g}"
+        tw = _text_width(font, text)
+        x = pad + frac * bar_len - tw / 2  # centred on its value, but kept within the bar's ends
+        draw.text((min(max(x, pad), width - pad - tw), y_text), text, font=font, fill=_INK)
+    return image
+
+
+def strongest_channels_strip(
+    activations: Mapping[str, ArrayLike],
+    *,
+    per_layer: int = 6,
+    cell: int = 96,
+    cmap: str = "viridis",
+    font_size: int = _MIN_TEXT,
+) -> Image.Image:
+    """One row per layer: its `per_layer` channels with the highest mean activation, strongest first.
+
+    Each tile is one channel, normalised on its own and magnified (nearest) to fit `cell` px, captioned
+    `#index`; the layer name starts the row. Activations that are not (C, H, W) (e.g. fully connected
+    layers) are skipped.
+    """
+    rows: list[tuple[str, list[tuple[int, Image.Image]]]] = []
+    for name, act in activations.items():
+        a = _as_numpy(act)
+        if a.ndim == 4 and a.shape[0] == 1:
+            a = a[0]
+        if a.ndim != 3 or a.size == 0:
+            continue
+        top_channels = np.argsort(-_channel_means(a), kind="stable")[:per_layer]
+        tiles = []
+        for ch in top_channels:
+            m = a[ch]  # (H, W)
+            lo, hi = _finite_range(m)
+            h, w = m.shape
+            th, tw = (cell, max(1, round(cell * w / h))) if h >= w else (max(1, round(cell * h / w)), cell)
+            tile = _indexed(_quantize(m, lo, hi), cmap).resize((tw, th), Image.Resampling.NEAREST)
+            tiles.append((int(ch), tile))
+        rows.append((str(name), tiles))
+    if not rows:
+        raise ValueError("strongest_channels_strip needs at least one (C, H, W) activation.")
+    name_font, cap_font = _font(font_size + 2), _font(font_size)
+    cap_top, cap_bottom = _line_box(cap_font)
+    pad, tile_gap, row_gap = 12, 10, 14
+    name_w = max(_text_width(name_font, name) for name, _ in rows)
+    x_tiles = pad + name_w + 2 * pad
+    row_h = cell + 4 + (cap_bottom - cap_top)
+    width = x_tiles + max(1, max(len(t) for _, t in rows)) * (cell + tile_gap) - tile_gap + pad
+    height = 2 * pad + len(rows) * row_h + (len(rows) - 1) * row_gap
+    image = Image.new("RGB", (width, height), WHITE)
+    captions: list[tuple[float, int, str]] = []  # (centre x, top y, text)
+    for r, (_, tiles) in enumerate(rows):
+        y = pad + r * (row_h + row_gap)
+        for i, (ch, tile) in enumerate(tiles):
+            x = x_tiles + i * (cell + tile_gap)
+            image.paste(tile, (x + (cell - tile.width) // 2, y + (cell - tile.height) // 2))
+            captions.append((x + cell / 2, y + cell + 4, f"#{ch}"))
+    draw = ImageDraw.Draw(image)
+    for r, (name, _) in enumerate(rows):
+        _text_centered_y(draw, pad, pad + r * (row_h + row_gap) + cell / 2, name, name_font, _INK)
+    for cx, cy, text in captions:
+        draw.text((cx - _text_width(cap_font, text) / 2, cy - cap_top), text, font=cap_font, fill=_INK)
+    return image
+
+
+# ---------------------------------------------------------------------------------------------------------
+# composition
+
+
+def _stack(images: Sequence[Image.Image], *, horizontal: bool, gap: int, background: RGB) -> Image.Image:
+    if not images:
+        raise ValueError("nothing to stack")
+    images = [_rgb(im) for im in images]
+    along = [im.width if horizontal else im.height for im in images]
+    across = [im.height if horizontal else im.width for im in images]
+    total, thick = sum(along) + gap * (len(images) - 1), max(across)
+    out = Image.new("RGB", (total, thick) if horizontal else (thick, total), background)
+    pos = 0
+    for im, a, c in zip(images, along, across, strict=True):
+        offset = (thick - c) // 2  # centred across the stacking direction
+        out.paste(im, (pos, offset) if horizontal else (offset, pos))
+        pos += a + gap
+    return out
+
+
+def hstack(images: Sequence[Image.Image], *, gap: int = 8, background: RGB = WHITE) -> Image.Image:
+    """Images side by side, left to right, vertically centred, `gap` px of `background` between them."""
+    return _stack(images, horizontal=True, gap=gap, background=background)
+
+
+def vstack(images: Sequence[Image.Image], *, gap: int = 8, background: RGB = WHITE) -> Image.Image:
+    """Images top to bottom, horizontally centred, `gap` px of `background` between them."""
+    return _stack(images, horizontal=False, gap=gap, background=background)
+
+
+def label(
+    image: Image.Image, text: str, *, size: int = 24, color: RGB = _INK, background: RGB = WHITE
+) -> Image.Image:
+    """`image` with `text` centred above it (the canvas widens if the text is wider than the image)."""
+    base = _rgb(image)
+    font = _font(size)
+    top, bottom = _line_box(font)
+    pad = max(4, size // 4)
+    tw = _text_width(font, text)
+    width = max(base.width, tw + 2 * pad)
+    caption_h = bottom - top + 2 * pad
+    out = Image.new("RGB", (width, caption_h + base.height), background)
+    ImageDraw.Draw(out).text(((width - tw) / 2, pad - top), text, font=font, fill=color)
+    out.paste(base, ((width - base.width) // 2, caption_h))
+    return out
