@@ -22,7 +22,7 @@ def capture(model: nn.Module, layers: Iterable[str], *, to_cpu: bool = True) -> 
     captured: dict[str, torch.Tensor] = {}
     handles = []
 
-    def hook_for(name: str):  # noqa: ANN202 - torch's hook signature
+    def hook_for(name: str):
         def hook(_module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             out = output.detach()
             captured[name] = out.to("cpu", copy=True) if to_cpu else out.clone()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", default=None, help="text file with one class name per line")
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202 - returns LoadedModel, imported lazily
+def _load(args: argparse.Namespace):
     from .model import load_model
 
     loaded = load_model(args.arch, args.weights, args.device, num_classes=args.num_classes, labels=args.labels,
@@ -153,6 +154,14 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .ui import serve
+
+    serve(arch=args.arch, weights=args.weights, device=args.device, num_classes=args.num_classes,
+          labels=args.labels, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alexnet-viz", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -175,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="input side (default: the architecture's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("serve", help="start the web app (the same as `python app.py`)")
+    _add_model_args(p)
+    # Hugging Face Spaces set GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; a laptop gets loopback only.
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 to serve a lecture hall's network)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("weights", help="fetch the ImageNet weights ahead of time, or say what is cached")
     p.add_argument("action", choices=["fetch", "status"])

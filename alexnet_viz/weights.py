@@ -28,10 +28,10 @@ __all__ = [
     "WeightsError",
     "WeightsStatus",
     "cached_imagenet_path",
+    "canonical_keys",
     "fetch_imagenet",
     "imagenet_state_dict",
     "load_state_dict_file",
-    "canonical_keys",
     "match_state_dict",
     "weights_status",
 ]

@@ -80,7 +80,8 @@ def test_human_layer_names_and_out_of_place_relus(arch: str) -> None:
     assert [n for n in names if n.startswith("relu")] == [f"relu{i}" for i in range(1, 8)]
     norm = {"paper": "lrn", "paper-2gpu": "lrn", "bn": "bn"}.get(arch)
     if norm:  # after the first two ReLUs, before pooling
-        assert names.index(f"{norm}1") == names.index("relu1") + 1 and names.index(f"{norm}2") == names.index("relu2") + 1
+        assert names.index(f"{norm}1") == names.index("relu1") + 1
+        assert names.index(f"{norm}2") == names.index("relu2") + 1
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     assert all(not r.inplace for r in relus)
     assert len({id(r) for r in relus}) == 7  # one ReLU module per position (DeepLift needs that)

@@ -599,7 +599,7 @@ def test_public_names_exist() -> None:
 def test_tile_at_inverts_the_feature_grid_layout(n: int, gap: int) -> None:
     act = np.zeros((n, 13, 13), np.float32)
     image, order = render.feature_grid(act, gap=gap)
-    rows, cols = render.grid_layout(n)
+    _rows, cols = render.grid_layout(n)
     side = (image.width - gap * (cols - 1)) // cols  # each tile's side in px
     for index in {0, 1, cols - 1, cols, n - 1}:
         r, c = divmod(index, cols)

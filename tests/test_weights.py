@@ -50,7 +50,8 @@ def test_safetensors_nested_checkpoints_and_dataparallel_prefixes(tmp_path: Path
 def test_wrong_architecture_names_the_keys(tmp_path: Path, tv_state: dict) -> None:
     path = tmp_path / "tv.pt"
     torch.save(tv_state, path)
-    with pytest.raises(WeightsError, match=r"wrong shape: conv1\.weight \(64, 3, 11, 11\) \(model has \(96, 3, 11, 11\)\)"):
+    shapes = r"wrong shape: conv1\.weight \(64, 3, 11, 11\) \(model has \(96, 3, 11, 11\)\)"
+    with pytest.raises(WeightsError, match=shapes):
         load_model("paper", path, "cpu")
     with pytest.raises(WeightsError, match=r"missing: bn1\.weight"):
         load_model("bn", path, "cpu")
@@ -84,7 +85,7 @@ def test_safetensors_with_integer_weights_is_refused(tmp_path: Path) -> None:
 
     state = {k: v.to(torch.int32) if k == "conv1.weight" else v for k, v in build_model("paper").state_dict().items()}
     save_file(state, tmp_path / "ints.safetensors")
-    with pytest.raises(WeightsError, match="wrong number type for conv1.weight"):
+    with pytest.raises(WeightsError, match=r"wrong number type for conv1\.weight"):
         load_model("paper", tmp_path / "ints.safetensors", "cpu")
 
 
@@ -94,7 +95,7 @@ class _RunsCode:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (Path.touch, (self.marker,))
 
 
