@@ -13,8 +13,10 @@ dropped, ``(3, H, W)``):
 
 - saliency: ``max`` over channels of ``|d logit / dx|``, as Simonyan et al. (2014) show it. ``raw`` keeps
   the signed gradient (Captum's ``Saliency(abs=False)``).
-- input_x_gradient, integrated_gradients, deeplift: signed, summed over channels. The IG and DeepLift
-  maps add up to ``f(x)[t] - f(baseline)[t]`` (up to ``convergence_delta``).
+- input_x_gradient, integrated_gradients, deeplift: signed, summed over channels. IG's map adds up to
+  ``f(x)[t] - f(baseline)[t]`` up to ``convergence_delta``. DeepLIFT's would too, but Captum 0.9's rules
+  are not exact on AlexNet (max-pool windows overlap; a ReLU feeding a max-pool hides the pool's rule;
+  LRN has none), so its reported delta can be a large share of the change.
 - occlusion: signed. A window spans all three channels, so every channel holds the same value; the
   heatmap is that value (the channel mean): the average drop of the target logit when a window covering
   the pixel is replaced by the baseline. Summing channels would just triple it.
@@ -33,10 +35,11 @@ mean colour, a flat grey-brown image, not black. Smoothgrad's noise has standard
 
 Concurrency: guided backprop, deconvolution, DeepLift and (guided) Grad-CAM put hooks on the model's
 modules, and DeepLift also rewrites the model's input through a hook on the model itself. The model is
-shared by every visitor of a Space, so a second request running meanwhile would pass through the first
-one's hooks and get a wrong map (or crash). :data:`MODEL_LOCK` serialises every :func:`attribute` call;
-anything else that runs this model while an attribution may be in flight (e.g. a forward pass for
-another visitor) should hold it too. On 2 CPU cores, parallel attributions would not be faster anyway.
+shared by every visitor of a Space, so a request running meanwhile passes through those hooks: a second
+attribution gets a wrong map, and a forward pass under ``torch.inference_mode`` raises "cannot register
+a hook on a tensor that doesn't require gradient". :data:`MODEL_LOCK` serialises every :func:`attribute`
+call; anything else that runs this model (``analyze``'s forward pass) must hold it too. On 2 CPU cores,
+parallel attributions would not be faster anyway.
 """
 
 from __future__ import annotations

@@ -196,6 +196,14 @@ def _banner(loaded: LoadedModel) -> str:
     return f"<div class='banner-ok'>✓ <b>{arch}</b>: {w.description}</div>"
 
 
+DISPLAY_SIDE = 448  # overlays are drawn at twice the network's input so that they read on a projector
+
+
+def _display(analysis: Analysis) -> Image.Image:
+    """The network's view, enlarged for the screen; maps are upsampled onto it."""
+    return analysis.view.resize((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.BICUBIC)
+
+
 def _label(analysis: Analysis) -> dict[str, float]:
     return {p.label: p.probability for p in analysis.top_k}
 
@@ -262,7 +270,7 @@ class Handlers:
                                   value=layer if layer in loaded.layer_names else "conv1")
         return (session, _label(result), _banner(loaded), status, *views, layer_choices,
                 gr.update(choices=_target_choices(loaded, result), value=""),
-                render.attribution_overlay(result.view, session.attributions["saliency"].heatmap, alpha=0.6),
+                render.attribution_overlay(_display(result), session.attributions["saliency"].heatmap, alpha=0.6),
                 self._attr_caption(loaded, session.attributions["saliency"]))
 
     def _views(self, loaded: LoadedModel, session: Session, layer: str, sort: bool,
@@ -276,7 +284,7 @@ class Handlers:
         strongest = render.strongest_channels_strip({n: result.activations[n] for n in loaded.conv_layers})
         return (
             self._filters(loaded),
-            render.channel_overlay(result.view, conv1[best], alpha=0.7),
+            render.channel_overlay(_display(result), conv1[best], alpha=0.7),
             f"Filter **{best}** (the strongest on this image)",
             grid, info, channel_view, channel, strongest,
         )
@@ -308,7 +316,7 @@ class Handlers:
         channel = strongest if channel is None else min(max(int(channel), 0), act.shape[0] - 1)
         info = (f"**{layer}**: output {shape} (channels x height x width) · {sparsity:.0%} of values are zero"
                 f" · showing channel {channel}")
-        view = render.channel_overlay(session.analysis.view, act[channel], alpha=0.7)
+        view = render.channel_overlay(_display(session.analysis), act[channel], alpha=0.7)
         return grid, info, view, gr.update(maximum=act.shape[0] - 1, value=channel, interactive=True)
 
     @friendly("drawing the layer")
@@ -327,7 +335,7 @@ class Handlers:
             return None, ""
         c = min(max(int(channel), 0), act.shape[0] - 1)
         mean = float(act[c].mean())
-        return (render.channel_overlay(session.analysis.view, act[c], alpha=alpha, cmap=cmap),
+        return (render.channel_overlay(_display(session.analysis), act[c], alpha=alpha, cmap=cmap),
                 f"**{layer}** channel {c}: mean activation {mean:.3f}, {float((act[c] == 0).float().mean()):.0%} zeros")
 
     @friendly("picking a tile")
@@ -351,7 +359,7 @@ class Handlers:
         if tile is None:
             raise gr.Error("Click on a filter, not between them.", print_exception=False)
         conv1 = session.analysis.activations["conv1"]
-        return (render.channel_overlay(session.analysis.view, conv1[tile], alpha=0.7),
+        return (render.channel_overlay(_display(session.analysis), conv1[tile], alpha=0.7),
                 f"Filter **{tile}**: mean response {float(conv1[tile].mean()):.3f} on this image")
 
     # --- attribution ----------------------------------------------------------------------------------
@@ -382,7 +390,7 @@ class Handlers:
     def _overlay(self, session: Session, method: str, alpha: float, cmap: str) -> Image.Image:
         attr = session.attributions[method]
         chosen = None if cmap == "auto" else cmap
-        return render.attribution_overlay(session.analysis.view, attr.heatmap, alpha=alpha, cmap=chosen,
+        return render.attribution_overlay(_display(session.analysis), attr.heatmap, alpha=alpha, cmap=chosen,
                                           signed=attr.signed)
 
     @friendly("redrawing the attribution")
@@ -420,8 +428,8 @@ class Handlers:
     @friendly("summarising the architecture")
     def architecture(arch: str) -> tuple[list[list[Any]], Any, str]:
         s = summarize(arch)
-        rows = [[r.name, r.type, r.config, "x".join(map(str, r.output_shape)), r.params, f"{r.param_share:.1%}",
-                 r.macs, f"{r.mac_share:.1%}"] for r in s.layers]
+        rows = [[r.name, r.type, r.config, "x".join(map(str, r.output_shape)), f"{r.params:,}",
+                 f"{r.param_share:.1%}", f"{r.macs / 1e6:,.1f} M", f"{r.mac_share:.1%}"] for r in s.layers]
         conv_p, conv_m = s.conv_share()
         text = (f"**{ARCHITECTURES[arch].title}** at {s.input_size}x{s.input_size}: {s.total_params:,} parameters, "
                 f"{s.macs / 1e9:.3f} G multiply-adds per image. Convolutions hold **{conv_p:.1%}** of the "
@@ -504,6 +512,12 @@ def _option_visibility(method: str) -> list[Any]:
             METHODS[method].caption if method in METHODS else ""]
 
 
+def _picture(label: str, value: Any = None, **kwargs: Any) -> gr.Image:
+    """An output picture: PNG (lossless maps), download and fullscreen buttons, no share-to-hub button."""
+    return gr.Image(value, label=label, format="png", interactive=False, buttons=["download", "fullscreen"],
+                    **kwargs)
+
+
 def _examples() -> list[tuple[str, str]]:
     try:
         listed = json.loads((ASSETS / "examples.json").read_text(encoding="utf-8"))
@@ -525,21 +539,18 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
 
     with gr.Blocks(title="alexnet-viz", delete_cache=(1800, 3600)) as demo:
         session = gr.State(None, time_to_live=SESSION_TTL_S)
-        with gr.Row(equal_height=False):
-            gr.Markdown("## alexnet-viz: what AlexNet sees", elem_id="title")
-            arch = gr.Dropdown(list(ARCHITECTURES), value=arch0, label="Architecture", scale=0, min_width=160,
-                               elem_id="arch")
-            device = gr.Dropdown(available_devices(), value=device0, label="Device", scale=0, min_width=120,
-                                 elem_id="device")
+        gr.Markdown("## alexnet-viz: what AlexNet computes for your image", elem_id="title")
         banner = gr.HTML(_banner(loaded), elem_id="banner")
 
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image",
-                                 height=300, elem_id="image")
+                                 height=260, elem_id="image")
                 gr.Examples([[path] for path, _ in examples], inputs=[image], label="Examples (click one)",
-                                 example_labels=[caption.split(":")[0] for _, caption in examples],
-                                 examples_per_page=8, elem_id="examples")
+                            examples_per_page=8, elem_id="examples")
+                with gr.Row():
+                    arch = gr.Dropdown(list(ARCHITECTURES), value=arch0, label="Architecture", elem_id="arch")
+                    device = gr.Dropdown(available_devices(), value=device0, label="Device", elem_id="device")
             with gr.Column(scale=3, min_width=420):
                 top5 = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="top5")
                 status = gr.Markdown("Give an image: upload, webcam, paste, or click an example.",
@@ -549,11 +560,9 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
             with gr.Tab("Filters", id="filters"):
                 gr.Markdown(CAPTIONS["filters"], elem_classes="caption")
                 with gr.Row():
-                    filters = gr.Image(h._filters(loaded), label="conv1 filters", format="png",
-                                       interactive=False, elem_id="filters-grid")
+                    filters = _picture("conv1 filters", h._filters(loaded), elem_id="filters-grid")
                     with gr.Column():
-                        filter_map = gr.Image(label="This filter's feature map on the image", format="png",
-                                              interactive=False, elem_id="filter-map")
+                        filter_map = _picture("This filter's feature map on the image", elem_id="filter-map")
                         filter_info = gr.Markdown()
             with gr.Tab("Feature maps", id="features"):
                 gr.Markdown(CAPTIONS["features"], elem_classes="caption")
@@ -563,16 +572,15 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
                     cmap = gr.Dropdown(COLORMAPS, value="viridis", label="Colour map")
                 layer_info = gr.Markdown(elem_id="layer-info")
                 with gr.Row(equal_height=False):
-                    grid = gr.Image(label="All channels (click one)", format="png", interactive=False, scale=3,
+                    grid = _picture("All channels (click one)", scale=3,
                                     elem_id="layer-grid")
                     with gr.Column(scale=2):
                         channel = gr.Slider(0, 63, value=0, step=1, label="Channel")
                         opacity = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="Opacity")
-                        channel_view = gr.Image(label="Channel over the image", format="png", interactive=False,
-                                                elem_id="channel-view")
+                        channel_view = _picture("Channel over the image", elem_id="channel-view")
                         channel_info = gr.Markdown()
                 gr.Markdown(CAPTIONS["strongest"], elem_classes="caption")
-                strongest = gr.Image(label="Strongest channels per conv layer", format="png", interactive=False)
+                strongest = _picture("Strongest channels per conv layer")
             with gr.Tab("Saliency", id="saliency"):
                 gr.Markdown(CAPTIONS["saliency"], elem_classes="caption")
                 with gr.Row(equal_height=False):
@@ -591,8 +599,7 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
                             attr_cmap = gr.Dropdown(["auto", *COLORMAPS], value="auto", label="Colour map")
                         run = gr.Button("Explain", variant="primary", elem_id="explain")
                     with gr.Column(scale=3):
-                        attr_image = gr.Image(label="Attribution", format="png", interactive=False,
-                                              elem_id="attribution")
+                        attr_image = _picture("Attribution", elem_id="attribution")
                         attr_info = gr.Markdown(elem_id="attribution-info")
                 gr.Markdown(CAPTIONS["compare"], elem_classes="caption")
                 with gr.Row():
@@ -600,8 +607,7 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
                                                        value=["saliency", "guided_backprop", "gradcam",
                                                               "integrated_gradients"], label="Methods")
                     compare_run = gr.Button("Compare", elem_id="compare", scale=0)
-                compare_image = gr.Image(label="Side by side", format="png", interactive=False,
-                                         elem_id="compare-image")
+                compare_image = _picture("Side by side", elem_id="compare-image")
             with gr.Tab("Architecture", id="architecture"):
                 gr.Markdown(CAPTIONS["architecture"], elem_classes="caption")
                 rows0, chart0, text0 = h.architecture(arch0)
@@ -610,8 +616,7 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
                     arch_table = gr.Dataframe(rows0, headers=["layer", "type", "config", "output", "params",
                                                               "% params", "MACs", "% MACs"],
                                               interactive=False, wrap=True, scale=3)
-                    arch_chart = gr.Image(chart0, label="Share of parameters vs compute", format="png",
-                                          interactive=False, scale=2)
+                    arch_chart = _picture("Share of parameters vs compute", chart0, scale=2, show_label=False)
             with gr.Tab("Download", id="download"):
                 gr.Markdown("Everything on screen as one zip: the PNGs and a JSON of predictions and settings.")
                 download = gr.DownloadButton("Download results (zip)", elem_id="download-zip")

@@ -15,7 +15,7 @@ from PIL import Image
 
 from alexnet_viz import render
 from alexnet_viz.attribution import METHODS
-from alexnet_viz.ui import Handlers, ModelPool, Session, _upload_path, build_demo
+from alexnet_viz.ui import DISPLAY_SIDE, Handlers, ModelPool, Session, _display, _upload_path, build_demo
 
 from .conftest import ASSETS
 
@@ -59,7 +59,7 @@ def test_analyze_fills_every_panel_from_one_forward_pass(h: Handlers, pool: Mode
     assert grid.size == render.feature_grid(result.activations["conv1"])[0].size
     assert "64x55x55" in layer_info and "zero" in layer_info
     for image in (filter_map, channel_view, attr_image):
-        assert isinstance(image, Image.Image) and image.size == (224, 224)
+        assert isinstance(image, Image.Image) and image.size == (DISPLAY_SIDE, DISPLAY_SIDE)
     assert strongest.width > 400
     assert target["choices"][0] == ("Top-1 class (default)", "") and len(target["choices"]) == 1001
     assert "Saliency" in attr_info and "saliency" in session.attributions
@@ -79,9 +79,9 @@ def test_layer_and_channel_changes_reuse_the_cached_tensors(h: Handlers, pool: M
         assert layer in info and "x".join(map(str, act.shape)) in info
         if act.ndim == 3:
             assert grid.size == render.feature_grid(act, sort=True)[0].size
-            assert view.size == (224, 224) and slider["maximum"] == act.shape[0] - 1
+            assert view.size == (DISPLAY_SIDE, DISPLAY_SIDE) and slider["maximum"] == act.shape[0] - 1
     image, info = h.show_channel(session, "conv5", 7, 0.0, "gray")
-    assert np.array_equal(np.asarray(image), np.asarray(session.analysis.view))  # opacity 0: the image alone
+    assert np.array_equal(np.asarray(image), np.asarray(_display(session.analysis)))  # opacity 0: the image alone
     assert "channel 7" in info
 
 
@@ -97,7 +97,7 @@ def test_clicking_a_tile_picks_that_channel(h: Handlers) -> None:
     with pytest.raises(gr.Error, match="not between them"):
         h.pick_tile(session, "conv2", True, gap)
     image, info = h.pick_filter(session, gr.SelectData(None, {"index": [5, 5], "value": None}))
-    assert "Filter **0**" in info and image.size == (224, 224)
+    assert "Filter **0**" in info and image.size == (DISPLAY_SIDE, DISPLAY_SIDE)
 
 
 def test_explain_with_progress_and_restyle_without_recomputing(h: Handlers) -> None:
@@ -114,10 +114,11 @@ def test_explain_with_progress_and_restyle_without_recomputing(h: Handlers) -> N
                                         progress=progress)
     attr = session.attributions["integrated_gradients"]
     assert attr.options["n_steps"] == 6 and attr.target == session.analysis.top1.index
-    assert image.size == (224, 224) and "Integrated gradients" in caption and "completeness gap" in caption
+    assert image.size == (DISPLAY_SIDE, DISPLAY_SIDE)
+    assert "Integrated gradients" in caption and "completeness gap" in caption
     assert seen and seen[-1] == pytest.approx(1.0) and seen == sorted(seen)
     again = h.restyle(session, "integrated_gradients", 1.0, "auto")
-    expected = render.heatmap_image(attr.heatmap, signed=True, size=(224, 224))
+    expected = render.heatmap_image(attr.heatmap, signed=True, size=(DISPLAY_SIDE, DISPLAY_SIDE))
     assert np.array_equal(np.asarray(again), np.asarray(expected))  # opacity 1: the heat colours alone
     _img, caption, session = h.explain(session, "gradcam", "281", "conv3", 0.5, "auto", *values,
                                        progress=progress)
@@ -175,7 +176,7 @@ def test_api_handlers_and_per_visitor_sessions(h: Handlers, pool: ModelPool) -> 
 
 def test_architecture_tab_and_switching(h: Handlers) -> None:
     rows, chart, text = h.architecture("paper")
-    assert rows[0][:2] == ["conv1", "Conv2d"] and "62,378,344 parameters" in text
+    assert rows[0][:2] == ["conv1", "Conv2d"] and rows[0][4] == "34,944" and "62,378,344 parameters" in text
     assert chart.width > 300
     banner, target = h.switch_model("paper", "cpu", None)
     assert "untrained" in banner and target["value"] == ""
