@@ -15,7 +15,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import json
 import logging
-import tempfile
 import threading
 import time
 import uuid
@@ -235,7 +234,6 @@ class Handlers:
 
     def __init__(self, pool: ModelPool) -> None:
         self.pool = pool
-        self.zip_dir = Path(tempfile.gettempdir()) / "alexnet-viz-downloads"
 
     # --- the model ---------------------------------------------------------------------------------
 
@@ -453,11 +451,10 @@ class Handlers:
         session = _need(session)
         loaded = self.model_for(session)
         result = session.analysis
-        self.zip_dir.mkdir(parents=True, exist_ok=True)
-        for old in self.zip_dir.glob("*.zip"):  # keep the folder bounded: downloads live an hour
-            if time.time() - old.stat().st_mtime > 3600:
-                old.unlink(missing_ok=True)
-        path = self.zip_dir / f"alexnet-viz-{uuid.uuid4().hex[:12]}.zip"
+        # Inside Gradio's upload folder: served as is, and removed by delete_cache with the uploads.
+        folder = Path(gr.utils.get_upload_folder()) / "alexnet-viz" / uuid.uuid4().hex
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "alexnet-viz-results.zip"
         files: dict[str, Image.Image] = {
             "input.png": result.view,
             "top_k.png": render.top_k_chart([p.label for p in result.top_k], [p.probability for p in result.top_k]),
@@ -537,7 +534,7 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
     arch0, device0 = pool.default_key
     examples = _examples()
 
-    with gr.Blocks(title="alexnet-viz", delete_cache=(1800, 3600)) as demo:
+    with gr.Blocks(title="alexnet-viz", delete_cache=(1800, 3600), analytics_enabled=False) as demo:
         session = gr.State(None, time_to_live=SESSION_TTL_S)
         gr.Markdown("## alexnet-viz: what AlexNet computes for your image", elem_id="title")
         banner = gr.HTML(_banner(loaded), elem_id="banner")
@@ -689,6 +686,7 @@ def serve(*, arch: str = "torchvision", weights: str = "imagenet", device: str =
         ssr_mode=False,  # no Node server: HF Spaces turn SSR on by default
         allowed_paths=[str(ASSETS)],
         footer_links=["gradio"],
+        run_history=False,  # no runs page, no "connect a bucket" endpoint on a public app
         prevent_thread_lock=not block,
         quiet=not block,
     )
