@@ -17,8 +17,9 @@ __all__ = ["main"]
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="torchvision", choices=list(ARCHITECTURES),
-                   help="architecture (default: torchvision, the only one with ImageNet weights)")
+    p.add_argument("--arch", default=None, choices=list(ARCHITECTURES),
+                   help="architecture (default: the one a trained checkpoint's model.json names, else torchvision, "
+                        "the only one with ImageNet weights)")
     p.add_argument("--weights", default="imagenet",
                    help="'imagenet' (default; from torch's hub cache, downloaded when online), 'none' "
                         "(seeded, untrained) or a .safetensors/.pt/.pth file")
@@ -162,6 +163,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import DataError, TrainConfig, train
+
+    config = TrainConfig(arch=args.arch, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, optimizer=args.optimizer, augment=not args.no_augment, seed=args.seed,
+                         device=args.device, resume=args.resume, input_size=args.input_size,
+                         num_classes=args.num_classes, val_fraction=args.val_fraction)
+    try:
+        result = train(config, progress=sys.stderr.isatty())
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"test accuracy {result.test_accuracy:.2%} after {len(result.history)} epochs in {result.seconds:.0f} s; "
+          f"weights in {result.out / 'model.safetensors'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alexnet-viz", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -193,6 +211,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("train", help="train a seed AlexNet on an image folder, cifar10 or fashion-mnist")
+    p.add_argument("--arch", default="cifar", choices=list(ARCHITECTURES))
+    p.add_argument("--data", required=True, help="an image folder (one sub-folder per class), cifar10 or "
+                                                "fashion-mnist (Debian's dataset-fashion-mnist package)")
+    p.add_argument("--out", required=True, help="output folder: model.safetensors, model.json, curves.png")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--no-augment", action="store_true", help="no random crops and flips")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("weights", help="fetch the ImageNet weights ahead of time, or say what is cached")
     p.add_argument("action", choices=["fetch", "status"])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -148,8 +150,29 @@ def _imagenet_description() -> str:
     return f"ImageNet-1K, torchvision, acc@1 {acc:.1f}%"
 
 
+def read_card(weights_path: Path) -> dict[str, Any] | None:
+    """The JSON "model card" that `alexnet-viz train` writes beside a checkpoint (``model.json``), if any."""
+    card = weights_path.with_suffix(".json")
+    if not card.is_file():
+        return None
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"The model card {card.name} beside the weights is not readable JSON ({e}).") from e
+    if not isinstance(data, dict):
+        raise WeightsError(f"The model card {card.name} is not a JSON object.")
+    return data
+
+
+def _card_description(card: Mapping[str, Any]) -> str:
+    acc = card.get("metrics", {}).get("test_accuracy")
+    accuracy = f", test acc {acc:.1%}" if isinstance(acc, float) else ""
+    epochs = card.get("epochs")
+    return f"trained here: {card.get('dataset', 'a dataset')}, {epochs} epoch{'s' * (epochs != 1)}{accuracy}"
+
+
 def load_model(
-    arch: str = "torchvision",
+    arch: str | None = None,
     weights: str | os.PathLike[str] = "imagenet",
     device: str | torch.device = "auto",
     *,
@@ -160,14 +183,27 @@ def load_model(
 ) -> LoadedModel:
     """Build ``arch``, put ``weights`` into it ("imagenet", "none" or a file path) and move it to ``device``.
 
-    With ``fallback=True`` an unavailable ImageNet checkpoint gives the seeded untrained model with a loud
-    warning in ``weights.warning`` instead of a WeightsError.
+    ``arch=None`` means the architecture named by a checkpoint's model card (``model.json`` beside it,
+    written by `alexnet-viz train`), else ``torchvision``. A card also gives class names, input size and
+    normalisation. With ``fallback=True`` an unavailable ImageNet checkpoint gives the seeded untrained
+    model with a loud warning in ``weights.warning`` instead of a WeightsError.
     """
+    weights_name = str(weights)
+    card: dict[str, Any] | None = None
+    path: Path | None = None
+    if weights_name not in ("imagenet", "none"):
+        path = Path(weights_name).expanduser()
+        card = read_card(path)
+    if card is not None:
+        if arch is not None and card.get("arch") != arch:
+            raise WeightsError(f"{path.name if path else 'This checkpoint'} was trained as {card.get('arch')!r}, "
+                               f"not {arch!r}; drop --arch or pass --arch {card.get('arch')}.")
+        arch = str(card.get("arch"))
+    arch = arch or "torchvision"
     if arch not in ARCHITECTURES:
         raise WeightsError(f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
     spec = ARCHITECTURES[arch]
     target_device = resolve_device(device)
-    weights_name = str(weights)
     state: dict[str, torch.Tensor] | None = None
     info: WeightsInfo
 
@@ -187,9 +223,10 @@ def load_model(
     elif weights_name == "none":
         info = WeightsInfo("none", "seeded untrained weights (seed 0)", trained=False, warning=UNTRAINED_WARNING)
     else:
-        path = Path(weights_name).expanduser()
+        assert path is not None  # noqa: S101 - set above for every file
         state = canonical_keys(load_state_dict_file(path))
-        info = WeightsInfo("file", f"weights from {path.name}", trained=True, path=str(path))
+        description = _card_description(card) if card else f"weights from {path.name}"
+        info = WeightsInfo("file", description, trained=True, path=str(path))
 
     if num_classes is None:
         head = state.get("fc8.bias") if state is not None else None
@@ -200,8 +237,13 @@ def load_model(
     module.requires_grad_(False)  # attribution needs gradients w.r.t. the input only; backward stops there
     module = module.to(target_device).eval()
 
-    transform = IMAGENET.transforms(crop_size=spec.input_size, resize_size=max(spec.input_size,
-                                                                              round(spec.input_size * 256 / 224)))
+    size = int(card.get("input_size", spec.input_size)) if card else spec.input_size
+    if card and "mean" in card and "std" in card:  # the normalisation the network was trained with
+        transform = IMAGENET.transforms(crop_size=size, resize_size=size, mean=card["mean"], std=card["std"])
+    else:  # ImageNet's preprocessing, from torchvision's weights enum (256 -> 224 scaled to the input size)
+        transform = IMAGENET.transforms(crop_size=size, resize_size=max(size, round(size * 256 / 224)))
+    if labels is None and card and isinstance(card.get("classes"), list):
+        labels = [str(c) for c in card["classes"]]
     return LoadedModel(
         arch=arch,
         module=module,
@@ -211,5 +253,5 @@ def load_model(
         std=tuple(transform.std),
         categories=_categories(num_classes, labels),
         weights=info,
-        input_size=spec.input_size,
+        input_size=size,
     )

@@ -84,14 +84,14 @@ class ModelPool:
     (the banner says so). At most ``max_models`` stay in memory (about 250 MB each).
     """
 
-    def __init__(self, arch: str = "torchvision", weights: str = "imagenet", device: str = "auto", *,
+    def __init__(self, arch: str | None = None, weights: str = "imagenet", device: str = "auto", *,
                  num_classes: int | None = None, labels: str | None = None, max_models: int = 3) -> None:
         self._weights, self._num_classes, self._labels = weights, num_classes, labels
         self._max = max_models
         self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         first = load_model(arch, weights, device, num_classes=num_classes, labels=labels, fallback=True)
-        self.default_key = (arch, str(first.device))
+        self.default_key = (first.arch, str(first.device))
         self._models[self.default_key] = first
 
     @property
@@ -664,7 +664,7 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
     return demo
 
 
-def serve(*, arch: str = "torchvision", weights: str = "imagenet", device: str = "auto",
+def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "auto",
           num_classes: int | None = None, labels: str | None = None, host: str = "127.0.0.1", port: int = 7860,
           share: bool = False, block: bool = True) -> gr.Blocks:
     """Load the model, build the page and serve it (``block=False`` returns once it serves: for tests)."""

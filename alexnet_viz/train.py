@@ -1,0 +1,366 @@
+"""Train a seed AlexNet on real images: an image folder, CIFAR-10, or Fashion-MNIST from Debian's package.
+
+The seeds' recipe (000, 002, 003): SGD with momentum (or Adam), random crops with padding, horizontal
+flips, normalisation, cross-entropy. The result is a checkpoint the app and ``alexnet-viz analyze`` load
+with its own class names, input size and normalisation::
+
+    runs/fmnist/model.safetensors   weights (our layer names)
+    runs/fmnist/model.json          the model card: arch, input size, classes, mean/std, metrics
+    runs/fmnist/curves.png          loss and accuracy per epoch
+    runs/fmnist/checkpoint.pt       model + optimiser + history, for --resume (weights_only-loadable)
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, random_split
+from torchvision import datasets
+from torchvision.transforms import v2 as T
+
+from .architectures import ARCHITECTURES, build_model
+from .images import ImageError, load_image
+from .model import resolve_device
+from .weights import WeightsError
+
+__all__ = ["DataError", "TrainConfig", "TrainResult", "train"]
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                       "t10k-labels-idx1-ubyte")
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "cifar"
+    data: str = "fashion-mnist"  # an image folder, "cifar10" or "fashion-mnist"
+    out: str = "runs/run"
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.05  # the one-cycle schedule's peak
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, seeds 000/003) or "adam" (seed 002: 1e-4)
+    augment: bool = True
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1  # image folders only; the datasets bring their own test split
+    input_size: int | None = None  # default: the architecture's
+    num_classes: int | None = None  # default: the data's
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    data_root: str = "~/.cache/alexnet-viz/data"
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    history: list[dict[str, float]]
+    test_accuracy: float
+    test_loss: float
+    skipped_images: int
+    seconds: float
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+class _SafeFolder(datasets.ImageFolder):
+    """ImageFolder whose loader is our intake; an unreadable image becomes None (skipped and counted)."""
+
+    def __init__(self, root: str, transform: Callable[[Any], Any] | None = None) -> None:
+        super().__init__(root, transform=transform, loader=self._load, allow_empty=True)
+        self.skipped: set[int] = set()
+
+    @staticmethod
+    def _load(path: str) -> Any:
+        try:
+            return load_image(path)
+        except ImageError:
+            return None
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+        path, target = self.samples[index]
+        image = self.loader(path)
+        if image is None:
+            self.skipped.add(index)
+            return None
+        return (self.transform(image) if self.transform else image), target
+
+
+class _Transformed(Dataset):
+    """A subset seen through its own transform (train gets augmentation, val/test do not)."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int], transform: Callable[[Any], Any]) -> None:
+        self.base, self.indices, self.transform = base, list(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, int] | None:
+        item = self.base[self.indices[i]]
+        if item is None:
+            return None
+        image, target = item
+        return self.transform(image), target
+
+
+def _collate(batch: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    kept = [b for b in batch if b is not None]
+    if not kept:
+        return None
+    return torch.stack([b[0] for b in kept]), torch.tensor([b[1] for b in kept])
+
+
+def _fashion_mnist(root: Path) -> tuple[Any, Any, list[str]]:
+    """torchvision's FashionMNIST over the files of Debian's dataset-fashion-mnist package (no download)."""
+    raw = root / "FashionMNIST" / "raw"
+    if not all((raw / f).is_file() for f in FASHION_MNIST_FILES):
+        if not all((FASHION_MNIST_DIR / f"{f}.gz").is_file() for f in FASHION_MNIST_FILES):
+            raise DataError(f"Fashion-MNIST is not installed at {FASHION_MNIST_DIR}; run "
+                            "`apt-get install dataset-fashion-mnist`, or pass an image folder.")
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in FASHION_MNIST_FILES:  # torchvision reads the unpacked idx files
+            with gzip.open(FASHION_MNIST_DIR / f"{name}.gz", "rb") as src, (raw / name).open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+    train = datasets.FashionMNIST(str(root), train=True, download=False)
+    test = datasets.FashionMNIST(str(root), train=False, download=False)
+    return train, test, list(train.classes)
+
+
+def _cifar10(root: Path) -> tuple[Any, Any, list[str]]:
+    try:
+        train = datasets.CIFAR10(str(root), train=True, download=True)
+        test = datasets.CIFAR10(str(root), train=False, download=True)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        raise DataError(f"CIFAR-10 is not in {root} and could not be downloaded ({getattr(e, 'reason', e)}); "
+                        "run once while online, or pass an image folder or fashion-mnist.") from e
+    return train, test, list(train.classes)
+
+
+def _folder(path: Path) -> _SafeFolder:
+    if not path.is_dir():
+        raise DataError(f"{path} is not a folder, nor one of cifar10 or fashion-mnist.")
+    try:
+        folder = _SafeFolder(str(path))
+    except FileNotFoundError as e:
+        raise DataError(f"{path} has no class sub-folders; put each class's images in a folder of its own.") from e
+    if len(folder.classes) < 2:
+        raise DataError(f"{path} has {len(folder.classes)} class folder(s); a classifier needs at least two.")
+    if len(folder) == 0:
+        raise DataError(f"{path} holds no image files in its class folders.")
+    return folder
+
+
+def _stats(dataset: Any, indices: Sequence[int], size: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (up to 5000 of) the training images: the normalisation to train with."""
+    to_tensor = T.Compose([T.ToImage(), T.RGB(), T.Resize(size), T.CenterCrop(size),
+                           T.ToDtype(torch.float32, scale=True)])
+    picked = list(indices)[:: max(1, len(indices) // 5000)]
+    tensors = [to_tensor(item[0]) for item in (dataset[i] for i in picked) if item is not None]
+    if not tensors:
+        raise DataError("None of the training images could be read.")
+    stacked = torch.stack(tensors)  # (N, 3, S, S)
+    std = stacked.std(dim=(0, 2, 3)).clamp(min=1e-3)
+    return [round(float(v), 4) for v in stacked.mean(dim=(0, 2, 3))], [round(float(v), 4) for v in std]
+
+
+def _transforms(size: int, mean: Sequence[float], std: Sequence[float], *, augment: bool) -> tuple[Any, Any]:
+    common = [T.ToImage(), T.RGB(), T.Resize(size), T.CenterCrop(size)]
+    tail = [T.ToDtype(torch.float32, scale=True), T.Normalize(list(mean), list(std))]
+    # The seeds' augmentation: random crops with padding and horizontal flips.
+    aug = [T.RandomCrop(size, padding=max(1, size // 8)), T.RandomHorizontalFlip()] if augment else []
+    return T.Compose([*common, *aug, *tail]), T.Compose([*common, *tail])
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+
+
+def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    with torch.inference_mode():
+        for batch in loader:
+            if batch is None:
+                continue
+            x, y = batch[0].to(device), batch[1].to(device)
+            logits = model(x)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            count += len(y)
+    return (loss_sum / max(count, 1), correct / max(count, 1))
+
+
+def _plot(history: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax2.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train")
+    ax2.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="validation")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+    """Train ``config.arch`` on ``config.data``; write weights, model card, curves and a resumable checkpoint."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    if config.arch not in ARCHITECTURES:
+        raise DataError(f"Unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise DataError("Epochs and batch size must be at least 1.")
+    t_start = time.perf_counter()
+    device = resolve_device(config.device)
+    size = config.input_size or ARCHITECTURES[config.arch].input_size
+    root = Path(os.path.expanduser(config.data_root))
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    # Data: a train/val split (and a test split for folders), each with its own transform.
+    if config.data == "fashion-mnist":
+        base, test_base, classes = _fashion_mnist(root)
+        dataset_name = "fashion-mnist"
+    elif config.data == "cifar10":
+        base, test_base, classes = _cifar10(root)
+        dataset_name = "cifar10"
+    else:
+        base = _folder(Path(config.data))
+        test_base, classes, dataset_name = None, list(base.classes), Path(config.data).name
+    n = len(base)
+    n_test = 0 if test_base is not None else max(1, round(n * config.test_fraction))
+    n_val = max(1, round(n * config.val_fraction))
+    if n - n_val - n_test < 1:
+        raise DataError(f"{n} images are too few to split into training, validation and test sets.")
+    train_idx, val_idx, test_idx = random_split(range(n), [n - n_val - n_test, n_val, n_test], generator=generator)
+    mean, std = _stats(base, train_idx, size)
+    train_tf, eval_tf = _transforms(size, mean, std, augment=config.augment)
+    train_set = _Transformed(base, train_idx, train_tf)
+    val_set = _Transformed(base, val_idx, eval_tf)
+    test_set = (_Transformed(test_base, range(len(test_base)), eval_tf) if test_base is not None
+                else _Transformed(base, test_idx, eval_tf))
+    num_classes = config.num_classes or len(classes)
+    if num_classes != len(classes):
+        raise DataError(f"The data has {len(classes)} classes but --num-classes says {num_classes}.")
+
+    loader_args: dict[str, Any] = {"batch_size": config.batch_size, "collate_fn": _collate, "num_workers": 0}
+    train_loader = DataLoader(train_set, shuffle=True, generator=generator, drop_last=False, **loader_args)
+    val_loader = DataLoader(val_set, **loader_args)
+    test_loader = DataLoader(test_set, **loader_args)
+
+    model = build_model(config.arch, num_classes=num_classes, seed=config.seed).to(device)
+    if config.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    elif config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=5e-4)
+    else:
+        raise DataError(f"Unknown optimizer {config.optimizer!r}; use sgd or adam.")
+    # One cycle: a linear warm-up over 15% of the steps, then cosine decay. A function of the step only,
+    # so a resumed run (even one given more epochs) picks the curve up where the step count stands.
+    total = config.epochs * math.ceil(len(train_set) / config.batch_size)
+    warm = max(1, round(0.15 * total))
+
+    def one_cycle(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.01, 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm)))))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle)
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    checkpoint_path = out / "checkpoint.pt"
+    if config.resume:
+        if not checkpoint_path.is_file():
+            raise DataError(f"There is no checkpoint to resume at {checkpoint_path}.")
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if state.get("arch") != config.arch:
+            raise WeightsError(f"{checkpoint_path} is for architecture {state.get('arch')!r}, not {config.arch!r}.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+        log(f"resuming after epoch {start_epoch}")
+
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        loss_sum, correct, count = 0.0, 0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress,
+                   leave=False)
+        for batch in bar:
+            if batch is None:
+                continue
+            x, y = batch[0].to(device), batch[1].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            count += len(y)
+            bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.1%}")
+        val_loss, val_acc = _evaluate(model, val_loader, device)
+        row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(count, 1), 5),
+               "train_accuracy": round(correct / max(count, 1), 5), "val_loss": round(val_loss, 5),
+               "val_accuracy": round(val_acc, 5), "seconds": round(time.perf_counter() - t_start, 1)}
+        history.append(row)
+        log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.1%} | "
+            f"val loss {val_loss:.4f} acc {val_acc:.1%}")
+        torch.save({"arch": config.arch, "epoch": epoch + 1, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(), "history": history}, checkpoint_path)
+
+    test_loss, test_acc = _evaluate(model, test_loader, device)
+    skipped = len(getattr(base, "skipped", ()))  # image folders only: unreadable files, each counted once
+    log(f"test loss {test_loss:.4f} acc {test_acc:.1%}" + (f"; {skipped} unreadable image(s) skipped" if skipped
+                                                            else ""))
+    weights_path = out / "model.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights_path))
+    card = {
+        "arch": config.arch, "input_size": size, "classes": classes, "mean": mean, "std": std,
+        "dataset": dataset_name, "epochs": config.epochs,
+        "metrics": {"test_accuracy": round(test_acc, 5), "test_loss": round(test_loss, 5),
+                    "final_val_accuracy": history[-1]["val_accuracy"] if history else None},
+        "train_size": len(train_set), "val_size": len(val_set), "test_size": len(test_set),
+        "skipped_images": skipped, "config": asdict(config), "history": history,
+        "torch": torch.__version__, "device": str(device),
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    (out / "model.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
+    _plot(history, out / "curves.png", f"{config.arch} on {dataset_name}: test accuracy {test_acc:.1%}")
+    return TrainResult(out, history, test_acc, test_loss, skipped, time.perf_counter() - t_start, card)
+
