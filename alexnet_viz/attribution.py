@@ -210,7 +210,7 @@ METHODS: dict[str, MethodSpec] = {
             signed=True, slow=True,
             options=(
                 OptionSpec("window", 32, 8, 64, 1, "Window (px)",
-                           "Side of the square that hides part of the image."),
+                           "Side of the square that hides part of the image (default scales with the image)."),
                 OptionSpec("stride", 16, 4, 64, 1, "Stride (px)",
                            "Step between window positions (at most the window): smaller is finer, slower."),
                 OptionSpec("perturbations_per_eval", 16, 1, 64, 1, "Batch size", _BATCH_HELP),
@@ -274,9 +274,8 @@ def attribute(
         with torch.inference_mode(False):  # gradients are needed even if the caller is in inference mode
             x0 = x.detach().clone()  # (1, 3, H, W) ours; a normal tensor even if x is an inference one
         target = _check_target(model, x0, target)
-        if spec.name == "occlusion":  # the window cannot exceed the image, nor the stride the window
-            opts["window"] = min(int(opts["window"]), x0.shape[2], x0.shape[3])
-            opts["stride"] = min(int(opts["stride"]), int(opts["window"]))
+        if spec.name == "occlusion":
+            _fit_occlusion(spec, opts, options, side=min(x0.shape[2], x0.shape[3]))
         report = _Reporter(progress, spec.title)
         report(0.0, f"{spec.title}: starting")
         leftovers = _attrs_present(model)
@@ -321,7 +320,7 @@ class _Call:
         # warning), and gradients reach it even when every parameter is frozen.
         return self.x.detach().clone().requires_grad_(True)
 
-    def int(self, name: str) -> int:
+    def whole(self, name: str) -> int:
         return int(self.opts[name])
 
     def batched(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -367,8 +366,8 @@ def _integrated_gradients(c: _Call) -> Result:
     from captum.attr import IntegratedGradients
 
     attrs, delta = IntegratedGradients(c.batched()).attribute(
-        c.leaf(), baselines=torch.zeros_like(c.x), target=c.target, n_steps=c.int("n_steps"),
-        internal_batch_size=c.int("internal_batch_size"), return_convergence_delta=True,
+        c.leaf(), baselines=torch.zeros_like(c.x), target=c.target, n_steps=c.whole("n_steps"),
+        internal_batch_size=c.whole("internal_batch_size"), return_convergence_delta=True,
     )
     return attrs[0], attrs[0].sum(dim=0), float(delta.reshape(-1)[0])
 
@@ -379,8 +378,8 @@ def _smoothgrad(c: _Call) -> Result:
     stdev = float(c.opts["sigma"]) * float(c.x.max() - c.x.min())  # Captum asserts a Python float
     with _fixed_seed(c.x.device):  # the same image gives the same map
         raw = NoiseTunnel(Saliency(c.batched())).attribute(
-            c.leaf(), nt_type="smoothgrad", nt_samples=c.int("samples"),
-            nt_samples_batch_size=c.int("nt_samples_batch_size"), stdevs=stdev, target=c.target,
+            c.leaf(), nt_type="smoothgrad", nt_samples=c.whole("samples"),
+            nt_samples_batch_size=c.whole("nt_samples_batch_size"), stdevs=stdev, target=c.target,
             abs=False,  # average the signed gradient, then take its magnitude, as Smilkov et al. do
         )[0]
     return raw, raw.abs().sum(dim=0), None
@@ -407,11 +406,11 @@ def _guided_gradcam(c: _Call) -> Result:
 def _occlusion(c: _Call) -> Result:
     from captum.attr import Occlusion
 
-    w, s = c.int("window"), c.int("stride")
+    w, s = c.whole("window"), c.whole("stride")
     with torch.no_grad():  # forward passes only
         raw = Occlusion(c.batched()).attribute(
             c.x, sliding_window_shapes=(3, w, w), strides=(3, s, s), baselines=0.0, target=c.target,
-            perturbations_per_eval=c.int("perturbations_per_eval"),
+            perturbations_per_eval=c.whole("perturbations_per_eval"),
         )[0]
     return raw, raw.mean(dim=0), None  # the three channels hold the same value
 
@@ -470,6 +469,17 @@ def _resolve_options(spec: MethodSpec, given: Mapping[str, Any]) -> dict[str, fl
             raise OptionError(f"{opt.label} must be between {opt.minimum} and {opt.maximum}, not {value!r}.")
         resolved[opt.name] = int(value) if opt.integer else float(value)
     return resolved
+
+
+def _fit_occlusion(spec: MethodSpec, opts: dict[str, float | int], given: Mapping[str, Any], *, side: int) -> None:
+    """Window and stride defaults are for 224 px: scale them with the image (a 32 px CIFAR image gets 8 and
+    4, not one window over everything). Any window is cut to the image, and the stride to the window."""
+    for name in ("window", "stride"):
+        if given.get(name) is None:
+            opt = spec.option(name)
+            opts[name] = int(min(opt.maximum, max(opt.minimum, round(opt.default * side / 224))))
+    opts["window"] = min(int(opts["window"]), side)
+    opts["stride"] = min(int(opts["stride"]), int(opts["window"]))
 
 
 def _check_input(x: torch.Tensor) -> None:

@@ -180,6 +180,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    # The harness lives in the repository (benchmarks/bench.py), next to its recorded results.
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    spec = importlib.util.spec_from_file_location("alexnet_viz_bench", script)
+    if spec is None or spec.loader is None or not script.is_file():
+        print(f"error: the benchmark harness is not at {script}; run it from a clone of the repository.",
+              file=sys.stderr)
+        return 2
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(args.bench_args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alexnet-viz", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -229,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("bench", help="run benchmarks/bench.py (the same flags; --help there)", add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("weights", help="fetch the ImageNet weights ahead of time, or say what is cached")
     p.add_argument("action", choices=["fetch", "status"])
