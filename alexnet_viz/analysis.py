@@ -132,5 +132,4 @@ def explain(
     analysis = subject if isinstance(subject, Analysis) else analyze(loaded, subject)
     index = analysis.top1.index if target is None or target == "" else loaded.class_index(target)
     x = analysis.input.to(loaded.device)
-    extra: dict[str, Any] = {"layer": layer} if layer else {}
-    return attribute(loaded.module, x, method, target=index, progress=progress, **extra, **options)
+    return attribute(loaded.module, x, method, target=index, progress=progress, layer=layer or None, **options)

@@ -64,7 +64,7 @@ def _write_analysis(loaded: Any, image_path: Path, folder: Path, methods: Sequen
     save(analysis.view, "input.png")
     save(render.top_k_chart([p.label for p in analysis.top_k], [p.probability for p in analysis.top_k]),
          "top_k.png")
-    save(render.filter_grid(loaded.module.conv1.weight), "filters_conv1.png")
+    save(render.filter_grid(loaded.conv1.weight), "filters_conv1.png")
     for layer, act in analysis.activations.items():
         grid = render.vector_strip(act) if act.ndim == 1 else render.feature_grid(act)[0]
         save(grid, f"features_{layer}.png")

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -105,6 +105,11 @@ class LoadedModel:
     @property
     def conv_layers(self) -> list[str]:
         return conv_layer_names(self.module)
+
+    @property
+    def conv1(self) -> nn.Conv2d:
+        """The first convolution, whose filters the Filters panel shows."""
+        return cast(nn.Conv2d, self.module.get_submodule("conv1"))
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL -> (1, 3, S, S) on the model's device, exactly as the weights' transforms do it."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, random_split
+from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2 as T
 
@@ -261,7 +261,9 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
     n_val = max(1, round(n * config.val_fraction))
     if n - n_val - n_test < 1:
         raise DataError(f"{n} images are too few to split into training, validation and test sets.")
-    train_idx, val_idx, test_idx = random_split(range(n), [n - n_val - n_test, n_val, n_test], generator=generator)
+    order = torch.randperm(n, generator=generator).tolist()
+    n_train = n - n_val - n_test
+    train_idx, val_idx, test_idx = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
     mean, std = _stats(base, train_idx, size)
     train_tf, eval_tf = _transforms(size, mean, std, augment=config.augment)
     train_set = _Transformed(base, train_idx, train_tf)

@@ -289,7 +289,7 @@ class Handlers:
 
     @staticmethod
     def _filters(loaded: LoadedModel) -> Image.Image:
-        return render.filter_grid(loaded.module.conv1.weight, scale=6)
+        return render.filter_grid(loaded.conv1.weight, scale=6)
 
     @staticmethod
     def _status(loaded: LoadedModel, result: Analysis, timings: Mapping[str, float]) -> str:
@@ -352,7 +352,7 @@ class Handlers:
     def pick_filter(self, session: Session | None, evt: gr.SelectData) -> tuple[Any, str]:
         session = _need(session)
         loaded = self.model_for(session)
-        n = loaded.module.conv1.out_channels
+        n = loaded.conv1.out_channels
         tile = render.tile_at(self._filters(loaded).size, n, evt.index, gap=2)
         if tile is None:
             raise gr.Error("Click on a filter, not between them.", print_exception=False)

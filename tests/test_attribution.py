@@ -492,8 +492,10 @@ def test_options_record_defaults_and_occlusion_fits_the_image(
         "window": 8, "stride": 4, "perturbations_per_eval": 16}
     at64 = attribute(model, x64, "occlusion", target=TARGET, perturbations_per_eval=32)
     assert dict(at64.options) == {"window": 9, "stride": 5, "perturbations_per_eval": 32}
-    at227 = attribute(model, _image(227), "occlusion", target=TARGET, window=None, perturbations_per_eval=64)
-    assert dict(at227.options) == {"window": 32, "stride": 16, "perturbations_per_eval": 64}
+    for side, expected in ((227, (32, 16)), (448, (64, 32)), (1000, (64, 64))):  # cut to the bounds
+        opts: dict[str, float | int] = {"window": 32, "stride": 16, "perturbations_per_eval": 16}
+        attribution._fit_occlusion(METHODS["occlusion"], opts, {}, side=side)
+        assert (opts["window"], opts["stride"]) == expected
     assert isinstance(occ, Attribution) and occ.layer is None and occ.convergence_delta is None
 
 
