@@ -25,14 +25,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import gradio as gr
 from PIL import Image
+from torch import nn
 
 from . import render
 from .analysis import Analysis, analyze, explain
-from .architectures import ARCHITECTURES
+from .architectures import ARCHITECTURES, build_model
 from .attribution import METHODS, Attribution, AttributionError
 from .images import ImageError, load_image
 from .model import DeviceError, LoadedModel, available_devices, load_model
@@ -290,6 +291,13 @@ class Handlers:
     @staticmethod
     def _filters(loaded: LoadedModel) -> Image.Image:
         return render.filter_grid(loaded.conv1.weight, scale=6)
+
+    @friendly("drawing the untrained filters")
+    def untrained_filters(self, session: Session | None) -> Image.Image:
+        """conv1 of the same architecture, freshly initialised with seed 0: what training starts from."""
+        loaded = self.model_for(session)
+        fresh = build_model(loaded.arch, num_classes=loaded.num_classes, seed=0).get_submodule("conv1")
+        return render.filter_grid(cast(nn.Conv2d, fresh).weight, scale=6)
 
     @staticmethod
     def _status(loaded: LoadedModel, result: Analysis, timings: Mapping[str, float]) -> str:
@@ -561,6 +569,10 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
                     with gr.Column():
                         filter_map = _picture("This filter's feature map on the image", elem_id="filter-map")
                         filter_info = gr.Markdown()
+                with gr.Accordion("Compare with an untrained copy (seed 0)", open=False) as untrained_box:
+                    gr.Markdown("The same architecture before training: Kaiming-random filters. Training is what "
+                                "turns them into the edge and colour detectors above.", elem_classes="caption")
+                    untrained = _picture("untrained conv1 filters", elem_id="untrained-filters")
             with gr.Tab("Feature maps", id="features"):
                 gr.Markdown(CAPTIONS["features"], elem_classes="caption")
                 with gr.Row():
@@ -660,6 +672,7 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
               api_visibility="private").then(
             h.architecture, [arch], [arch_table, arch_chart, arch_text], api_visibility="private").then(
             h.analyze, analysis_inputs, analysis_outputs, api_visibility="private", preprocess=False)
+        untrained_box.expand(h.untrained_filters, [session], [untrained], api_visibility="private")
         download.click(h.download, [session], [download], api_visibility="private")
     return demo
 

@@ -186,3 +186,16 @@ def test_build_demo_names_the_api_endpoints(pool: ModelPool) -> None:
     demo = build_demo(pool)
     names = {dep.api_name for dep in demo.fns.values() if dep.api_visibility == "public"}
     assert {"predict", "explain", "analyze", "show_layer", "show_channel"} <= names
+
+
+def test_untrained_copy_filters_differ_from_the_loaded_ones(h: Handlers, pool: ModelPool, tmp_path: Path) -> None:
+    from alexnet_viz.architectures import build_model
+
+    fresh = render.filter_grid(build_model("torchvision", seed=0).conv1.weight)
+    assert np.array_equal(np.asarray(h.untrained_filters(None)), np.asarray(fresh))
+    # A model with other weights shows other filters beside the untrained copy.
+    other = build_model("torchvision", seed=5).state_dict()
+    torch.save(other, tmp_path / "other.pt")
+    trained = Handlers(ModelPool("torchvision", str(tmp_path / "other.pt"), "cpu"))
+    assert not np.array_equal(np.asarray(trained._filters(trained.pool.default)), np.asarray(fresh))
+    assert np.array_equal(np.asarray(trained.untrained_filters(None)), np.asarray(fresh))
