@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import gradio as gr
+import torch
 from PIL import Image
 from torch import nn
 
@@ -49,6 +50,11 @@ MAX_FILE_SIZE = "20mb"  # the intake refuses more than 25 MB anyway; Gradio answ
 QUEUE_SIZE = 32  # waiting requests at most; the 33rd visitor is told the app is busy
 CONCURRENCY = 2  # events running at once: a free Space has 2 cores
 SESSION_TTL_S = 2 * 3600  # forget a visitor's results after two hours
+# Computing time one request may spend in the slow attribution methods before it is stopped (between two
+# batches). Gradio cannot stop a running sync handler: neither /cancel nor a closed tab ends its thread,
+# which keeps the model lock; the sliders' extremes take minutes on 2 cores (occlusion with stride 4 and
+# batch 1: 11 minutes, measured), so without this one visitor could hold the app that long.
+SLOW_LIMIT_S = 60.0
 COLORMAPS = ["viridis", "inferno", "magma", "gray", "jet", "RdBu_r", "coolwarm"]
 SYSTEM_SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial",
                "sans-serif"]
@@ -149,6 +155,14 @@ def friendly(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
             except MemoryError:
                 raise gr.Error(f"The server ran out of memory while {what}; please try a smaller image.",
                                print_exception=False) from None
+            except RuntimeError as e:  # torch.cuda.OutOfMemoryError, MPS's "... out of memory"
+                if not _out_of_memory(e):
+                    log.exception("unexpected error while %s", what)
+                    raise gr.Error(f"Something went wrong while {what}; please try again.",
+                                   print_exception=False) from None
+                _free_accelerator_memory()
+                raise gr.Error(f"The server ran out of memory while {what}; please try a smaller image.",
+                               print_exception=False) from None
             except Exception:
                 log.exception("unexpected error while %s", what)
                 raise gr.Error(f"Something went wrong while {what}; please try again.",
@@ -157,6 +171,17 @@ def friendly(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         return wrapper
 
     return decorate
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in text or "not enough memory" in text
+
+
+def _free_accelerator_memory() -> None:
+    """Give the cached blocks of a failed allocation back, so that the next request has them."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _need(session: Session | None) -> Session:
@@ -230,11 +255,65 @@ def _progress_adapter(progress: Any) -> Callable[[float, str], None]:
     return report
 
 
+class _Bounded:
+    """A progress callback for attributions that stops the work once it has run ``limit_s`` seconds or its
+    visitor has gone (``/cancel``, or the page closed); it forwards to ``progress`` (if any) otherwise.
+
+    The engine calls it before every batch of the slow methods (and at the start and end of every method),
+    so raising here stops the computation between two batches; the error reaches the visitor as a sentence.
+    One instance spans one request: the clock starts at the first call, once the model lock is held.
+    """
+
+    def __init__(self, progress: Callable[[float, str], None] | None, limit_s: float) -> None:
+        self.progress, self.limit_s = progress, limit_s
+        self.started: float | None = None
+        self.event: Any = None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if self.started is None:
+            self.started, self.event = now, _current_event()
+        elif fraction < 1.0:
+            if now - self.started > self.limit_s:
+                raise AttributionError(
+                    f"This attribution took longer than {self.limit_s:g} s and was stopped; lower its steps, "
+                    "samples or batch size (or raise the stride) and try again.")
+            if _event_gone(self.event):
+                raise AttributionError("The request was cancelled, so the attribution was stopped.")
+        if self.progress is not None:
+            self.progress(fraction, message)
+
+
+def _current_event() -> Any:
+    """Gradio's queue event this thread runs for, or None outside a queued event (tests, the CLI)."""
+    try:
+        from gradio.context import LocalContext
+
+        blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+        queue = getattr(blocks, "_queue", None)
+        return None if queue is None or event_id is None else (queue, queue.event_ids_to_events.get(event_id))
+    except Exception:  # private API: without it only the time limit applies
+        return None
+
+
+def _event_gone(current: Any) -> bool:
+    """Whether the visitor left: Gradio marks a disconnected event not alive or closed and drops a cancelled
+    one from its table, but it cannot stop our thread. Only positive evidence counts."""
+    if current is None or current[1] is None:
+        return False
+    try:
+        queue, event = current
+        return (not event.alive) or bool(event.closed) or event._id not in queue.event_ids_to_events
+    except Exception:
+        return False
+
+
 class Handlers:
     """Everything the page does, as plain methods; ``build_demo`` wires them to components."""
 
-    def __init__(self, pool: ModelPool) -> None:
+    def __init__(self, pool: ModelPool, *, time_limit_s: float = SLOW_LIMIT_S) -> None:
         self.pool = pool
+        self.time_limit_s = time_limit_s  # the slow attributions of one request stop after this
 
     # --- the model ---------------------------------------------------------------------------------
 
@@ -389,7 +468,8 @@ class Handlers:
         chosen = {o.name: options[o.name] for o in spec.options}
         attr = explain(loaded, session.analysis, method, target=target or None,
                        layer=layer if spec.layer_based else None,
-                       progress=_progress_adapter(progress) if spec.slow else None, **chosen)
+                       progress=_Bounded(_progress_adapter(progress) if spec.slow else None, self.time_limit_s),
+                       **chosen)
         session = replace(session, attributions={**session.attributions, method: attr})
         return self._overlay(session, method, alpha, cmap), self._attr_caption(loaded, attr), session
 
@@ -415,9 +495,10 @@ class Handlers:
             raise gr.Error("Tick at least one method to compare.", print_exception=False)
         attributions = dict(session.attributions)
         tiles = []
+        bound = _Bounded(None, self.time_limit_s)  # one time limit for all the methods of this request
         for i, method in enumerate(chosen):
             progress(i / len(chosen), desc=f"{METHODS[method].title} ({i + 1} of {len(chosen)})")
-            attr = explain(loaded, session.analysis, method, target=target or None)
+            attr = explain(loaded, session.analysis, method, target=target or None, progress=bound)
             attributions[method] = attr
             heat = attr.heatmap / max(render.shared_vmax([attr.heatmap], signed=attr.signed, percentile=99.5),
                                       1e-12)
@@ -451,6 +532,10 @@ class Handlers:
     def switch_model(self, arch: str, device: str, session: Session | None) -> tuple[Any, ...]:
         loaded = self.model_for(None, arch, device)
         return _banner(loaded), gr.update(choices=_target_choices(loaded, None), value="")
+
+    def current_model(self, session: Session | None) -> tuple[str, str]:
+        """The architecture and device of the visitor's results (the app's default before any image)."""
+        return (session.arch, session.device) if session else self.pool.default_key
 
     # --- download -----------------------------------------------------------------------------------------
 
@@ -501,7 +586,7 @@ class Handlers:
             raise gr.Error(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.", print_exception=False)
         loaded = self.pool.default
         result = analyze(loaded, load_image(_upload_path(image)))
-        attr = explain(loaded, result, method, target=target or None)
+        attr = explain(loaded, result, method, target=target or None, progress=_Bounded(None, self.time_limit_s))
         return render.attribution_overlay(result.view, attr.heatmap, alpha=0.6, signed=attr.signed)
 
 
@@ -668,10 +753,14 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
               [attr_image], api_visibility="private", queue=False)
         compare_run.click(h.compare, [session, compare_methods, target, attr_alpha], [compare_image, session],
                           api_visibility="private")
-        gr.on([arch.input, device.input], h.switch_model, [arch, device, session], [banner, target],
-              api_visibility="private").then(
-            h.architecture, [arch], [arch_table, arch_chart, arch_text], api_visibility="private").then(
+        # A switch that fails (the model does not load) keeps the visitor's model: the dropdowns go back to it
+        # and nothing is re-analysed.
+        switched = gr.on([arch.input, device.input], h.switch_model, [arch, device, session], [banner, target],
+                         api_visibility="private")
+        switched.success(
+            h.architecture, [arch], [arch_table, arch_chart, arch_text], api_visibility="private").success(
             h.analyze, analysis_inputs, analysis_outputs, api_visibility="private", preprocess=False)
+        switched.failure(h.current_model, [session], [arch, device], api_visibility="private", queue=False)
         untrained_box.expand(h.untrained_filters, [session], [untrained], api_visibility="private")
         download.click(h.download, [session], [download], api_visibility="private")
     return demo
