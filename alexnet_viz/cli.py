@@ -180,7 +180,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
+def _bench(argv: list[str]) -> int:
     import importlib.util
 
     # The harness lives in the repository (benchmarks/bench.py), next to its recorded results.
@@ -191,8 +191,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
-    return int(module.main(args.bench_args))
+    return int(module.main(argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,9 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("bench", help="run benchmarks/bench.py (the same flags; --help there)", add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_bench)
+    # `alexnet-viz bench ...` hands every argument to benchmarks/bench.py (see main()); listed here for --help.
+    sub.add_parser("bench", help="run benchmarks/bench.py with the same flags", add_help=False)
 
     p = sub.add_parser("weights", help="fetch the ImageNet weights ahead of time, or say what is cached")
     p.add_argument("action", choices=["fetch", "status"])
@@ -260,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .model import DeviceError
     from .weights import WeightsError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the harness parses its own flags (argparse's REMAINDER would drop --help)
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
