@@ -132,3 +132,11 @@ def test_console_script_is_installed() -> None:
     exe = shutil.which("alexnet-viz") or str(Path(sys.executable).parent / "alexnet-viz")
     out = subprocess.run([exe, "weights", "status"], capture_output=True, text=True, timeout=120, check=True)
     assert "ImageNet weights" in out.stdout
+
+
+def test_bench_subcommand_hands_its_flags_to_the_harness(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "alexnet-viz bench" in out and "--quick" in out
