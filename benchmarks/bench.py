@@ -992,6 +992,33 @@ def interleaved(variants: Mapping[str, Callable[[], Any]], *, runs: int, warmup:
     return stats
 
 
+NO_TRITON = """import sys
+from importlib.abc import MetaPathFinder
+
+
+class _NoTriton(MetaPathFinder):  # as if triton were not installed (CPU-only torch wheels do not have it)
+    def find_spec(self, name, path=None, target=None):
+        if name == "triton" or name.startswith("triton."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoTriton())
+"""
+
+LEVER_GROUPS = ("frozen", "grad_mode", "batch_size", "threads", "omp_wait_policy", "channels_last", "png", "gc_freeze",
+                "bf16", "memory", "compile")
+
+
+class _Levers(list):  # type: ignore[type-arg]
+    """The levers' rows, each tagged with the group (``--only`` name) it was measured in."""
+
+    group = ""
+
+    def append(self, item: dict[str, Any]) -> None:
+        super().append({"group": self.group, **item})
+
+
 def run_levers(args: argparse.Namespace, torch: Any, log: Callable[[str], None]) -> dict[str, Any]:
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
@@ -1010,7 +1037,12 @@ def run_levers(args: argparse.Namespace, torch: Any, log: Callable[[str], None])
     analysis = analyze(loaded, load_image(app.image_path))
     x = analysis.input
     target = analysis.top1.index
-    levers: list[dict[str, Any]] = []
+    levers = _Levers()
+    default_threads = torch.get_num_threads()
+
+    def want(name: str) -> bool:
+        levers.group = name  # every entry appended from here on is tagged with it
+        return not args.only or name in args.only
 
     def group(lever: str, variants: Mapping[str, Callable[[], Any]], current: str | None, *, n: int | None = None,
               extra: Mapping[str, Mapping[str, Any]] | None = None) -> None:
@@ -1030,145 +1062,164 @@ def run_levers(args: argparse.Namespace, torch: Any, log: Callable[[str], None])
     forward = inference(lambda: loaded.module(x))
 
     # 1. frozen parameters (load_model freezes them) vs trainable
-    thawed = load_model(ARCH, "none", "cpu")
-    thawed.module.requires_grad_(True)
-    group("parameters frozen: saliency", {"frozen": lambda: explain(loaded, analysis, "saliency"),
-                                          "trainable": lambda: explain(thawed, analysis, "saliency")}, "frozen")
-    group("parameters frozen: IG (UI defaults)",
-          {"frozen": lambda: explain(loaded, analysis, "integrated_gradients"),
-           "trainable": lambda: explain(thawed, analysis, "integrated_gradients")}, "frozen", n=slow_runs)
-    log("lever: frozen done")
+    if want("frozen"):
+        thawed = load_model(ARCH, "none", "cpu")
+        thawed.module.requires_grad_(True)
+        group("parameters frozen: saliency", {"frozen": lambda: explain(loaded, analysis, "saliency"),
+                                              "trainable": lambda: explain(thawed, analysis, "saliency")}, "frozen")
+        group("parameters frozen: IG (UI defaults)",
+              {"frozen": lambda: explain(loaded, analysis, "integrated_gradients"),
+               "trainable": lambda: explain(thawed, analysis, "integrated_gradients")}, "frozen", n=slow_runs)
+        log("lever: frozen done")
 
     # 2. grad mode for the pure forward (analyze uses inference_mode)
-    group("forward: grad mode", {"inference_mode": forward,
-                                 "no_grad": inference(lambda: loaded.module(x), torch.no_grad),
-                                 "grad enabled": inference(lambda: loaded.module(x), contextlib.nullcontext)},
-          "inference_mode")
-    log("lever: grad mode done")
+    if want("grad_mode"):
+        group("forward: grad mode", {"inference_mode": forward,
+                                     "no_grad": inference(lambda: loaded.module(x), torch.no_grad),
+                                     "grad enabled": inference(lambda: loaded.module(x), contextlib.nullcontext)},
+              "inference_mode")
+        log("lever: grad mode done")
 
     # 3. IG / SmoothGrad internal batch size
-    for steps, batches in ((32, (8, 16, 32)), (50, (4, 8, 16, 32, 50))):
-        group(f"IG {steps} steps: internal_batch_size",
-              {str(b): (lambda s=steps, b=b: explain(loaded, analysis, "integrated_gradients", n_steps=s,
-                                                     internal_batch_size=b)) for b in batches}, "16", n=slow_runs)
-    group("SmoothGrad 16 samples: nt_samples_batch_size",
-          {str(b): (lambda b=b: explain(loaded, analysis, "smoothgrad", nt_samples_batch_size=b)) for b in (4, 8, 16)},
-          "16", n=slow_runs)
-    log("lever: batch sizes done")
+    if want("batch_size"):
+        for steps, batches in ((32, (8, 16, 32)), (50, (4, 8, 16, 32, 50))):
+            group(f"IG {steps} steps: internal_batch_size",
+                  {str(b): (lambda s=steps, b=b: explain(loaded, analysis, "integrated_gradients", n_steps=s,
+                                                         internal_batch_size=b)) for b in batches}, "16", n=slow_runs)
+        group("SmoothGrad 16 samples: nt_samples_batch_size",
+              {str(b): (lambda b=b: explain(loaded, analysis, "smoothgrad", nt_samples_batch_size=b))
+               for b in (4, 8, 16)}, "16", n=slow_runs)
+        log("lever: batch sizes done")
 
     # 4. torch threads, on the machine as it is and with one more core busy
-    default_threads = torch.get_num_threads()
+    if want("threads"):
 
-    def with_threads(n: int, fn: Callable[[], Any]) -> Callable[[], Any]:
-        def run() -> None:
-            with threads(torch, n):
-                fn()
-        return run
+        def with_threads(n: int, fn: Callable[[], Any]) -> Callable[[], Any]:
+            def run() -> None:
+                with threads(torch, n):
+                    fn()
+            return run
 
-    for contended in (False, True):
-        where = "one core busy" if contended else "machine as is"
-        with busy_core() if contended else contextlib.nullcontext():
-            for what, fn, n in (("forward", forward, runs), ("full default view", lambda: full_view(app), runs),
-                                ("IG (UI defaults)", lambda: explain(loaded, analysis, "integrated_gradients"), 3)):
-                group(f"torch threads, {what} ({where})", {f"{k} threads": with_threads(k, fn) for k in (1, 2)},
-                      f"{default_threads} threads", n=n)
-    log("lever: threads done")
+        for contended in (False, True):
+            where = "one core busy" if contended else "machine as is"
+            with busy_core() if contended else contextlib.nullcontext():
+                for what, fn, n in (("forward", forward, runs), ("full default view", lambda: full_view(app), runs),
+                                    ("IG (UI defaults)", lambda: explain(loaded, analysis, "integrated_gradients"), 3)):
+                    group(f"torch threads, {what} ({where})", {f"{k} threads": with_threads(k, fn) for k in (1, 2)},
+                          f"{default_threads} threads", n=n)
+        log("lever: threads done")
 
     # 5. OpenMP's wait policy: read once when torch starts, so measured in child processes
-    for contended in (False, True):
-        where = "one core busy" if contended else "machine as is"
-        for policy in ("", "PASSIVE"):
-            with busy_core() if contended else contextlib.nullcontext():
-                res = probe("omp", runs, {"OMP_WAIT_POLICY": policy} if policy else {}, timeout=300)
-            for label, value in res.items():
-                if label.endswith("_ms"):
-                    levers.append({"lever": f"OMP_WAIT_POLICY ({where}): {label.split(', ')[1][:-3]}",
-                                   "variant": f"{policy or 'unset'}, {label.split(', ')[0]}",
-                                   "median_ms": _r(value), "current": not policy and label.startswith(
-                                       f"{default_threads} ")})
-            if "error" in res:
-                levers.append({"lever": f"OMP_WAIT_POLICY ({where})", "variant": policy or "unset",
-                               "error": res["error"]})
-    log("lever: OpenMP wait policy done")
+    if want("omp_wait_policy"):
+        for contended in (False, True):
+            where = "one core busy" if contended else "machine as is"
+            for policy in ("", "PASSIVE"):
+                with busy_core() if contended else contextlib.nullcontext():
+                    SETTLE()
+                    busy = BusyMeter()
+                    res = probe("omp", runs, {"OMP_WAIT_POLICY": policy} if policy else {}, timeout=300)
+                    others = busy.others()
+                for label, value in res.items():
+                    if label.endswith("_ms"):
+                        levers.append({"lever": f"OMP_WAIT_POLICY ({where}): {label.split(', ')[1][:-3]}",
+                                       "variant": f"{policy or 'unset'}, {label.split(', ')[0]}",
+                                       "median_ms": _r(value), "current": not policy and label.startswith(
+                                           f"{default_threads} "), "others_cpu": _r(others, 2)})
+                if "error" in res:
+                    levers.append({"lever": f"OMP_WAIT_POLICY ({where})", "variant": policy or "unset",
+                                   "error": res["error"]})
+        log("lever: OpenMP wait policy done")
 
     # 6. channels-last memory format (attribution.py feeds batched methods NHWC on the CPU)
-    xc = x.contiguous(memory_format=torch.channels_last)
-    group("channels-last: forward", {"NCHW input": forward, "NHWC input": inference(lambda: loaded.module(xc))},
-          "NCHW input")
-    nhwc = lambda t: loaded.module(t.contiguous(memory_format=torch.channels_last))  # noqa: E731
-    base = torch.zeros_like(x)
+    if want("channels_last"):
+        xc = x.contiguous(memory_format=torch.channels_last)
+        group("channels-last: forward", {"NCHW input": forward, "NHWC input": inference(lambda: loaded.module(xc))},
+              "NCHW input")
+        nhwc = lambda t: loaded.module(t.contiguous(memory_format=torch.channels_last))  # noqa: E731
+        base = torch.zeros_like(x)
 
-    def ig(model: Callable[[Any], Any]) -> Callable[[], Any]:
-        return lambda: IntegratedGradients(model).attribute(x.clone().requires_grad_(True), baselines=base,
-                                                            target=target, n_steps=32, internal_batch_size=16)
+        def ig(model: Callable[[Any], Any]) -> Callable[[], Any]:
+            return lambda: IntegratedGradients(model).attribute(x.clone().requires_grad_(True), baselines=base,
+                                                                target=target, n_steps=32, internal_batch_size=16)
 
-    def sg(model: Callable[[Any], Any]) -> Callable[[], Any]:
-        return lambda: NoiseTunnel(Saliency(model)).attribute(x.clone().requires_grad_(True), nt_type="smoothgrad",
-                                                              nt_samples=16, nt_samples_batch_size=16, stdevs=0.5,
-                                                              target=target)
+        def sg(model: Callable[[Any], Any]) -> Callable[[], Any]:
+            return lambda: NoiseTunnel(Saliency(model)).attribute(x.clone().requires_grad_(True), nt_type="smoothgrad",
+                                                                  nt_samples=16, nt_samples_batch_size=16, stdevs=0.5,
+                                                                  target=target)
 
-    group("channels-last: IG 32 steps, batch 16", {"NCHW batches": ig(loaded.module), "NHWC batches": ig(nhwc)},
-          "NHWC batches", n=slow_runs)
-    group("channels-last: SmoothGrad 16, batch 16", {"NCHW batches": sg(loaded.module), "NHWC batches": sg(nhwc)},
-          "NHWC batches", n=slow_runs)
-    log("lever: channels-last done")
+        group("channels-last: IG 32 steps, batch 16", {"NCHW batches": ig(loaded.module), "NHWC batches": ig(nhwc)},
+              "NHWC batches", n=slow_runs)
+        group("channels-last: SmoothGrad 16, batch 16", {"NCHW batches": sg(loaded.module), "NHWC batches": sg(nhwc)},
+              "NHWC batches", n=slow_runs)
+        log("lever: channels-last done")
 
     # 7. PNG compress level of what the page shows after analyze (Gradio saves format="png" at level 6)
-    out, _ = full_view(app)
-    shown = [o for o in out if hasattr(o, "save")]
-    levels = (0, 1, 3, 6, 9)
-    fast = with_encoderinfo(shown, compress_level=1)
-    variants = {str(lv): (lambda lv=lv: encode_png(shown, lv)) for lv in levels}
-    variants["Gradio's encoder, as is"] = lambda: encode_png(shown)
-    variants["Gradio's encoder, image.encoderinfo level 1"] = lambda: encode_png(fast)
-    sizes = {str(lv): {"bytes": encode_png(shown, lv)} for lv in levels}
-    sizes["Gradio's encoder, as is"] = {"bytes": encode_png(shown)}
-    sizes["Gradio's encoder, image.encoderinfo level 1"] = {"bytes": encode_png(fast)}
-    group(f"PNG compress_level ({len(shown)} pictures)", variants, "Gradio's encoder, as is", extra=sizes)
-    log("lever: png done")
+    if want("png"):
+        out, _ = full_view(app)
+        shown = [o for o in out if hasattr(o, "save")]
+        levels = (0, 1, 3, 6, 9)
+        fast = with_encoderinfo(shown, compress_level=1)
+        variants = {str(lv): (lambda lv=lv: encode_png(shown, lv)) for lv in levels}
+        variants["Gradio's encoder, as is"] = lambda: encode_png(shown)
+        variants["Gradio's encoder, image.encoderinfo level 1"] = lambda: encode_png(fast)
+        sizes = {str(lv): {"bytes": encode_png(shown, lv)} for lv in levels}
+        sizes["Gradio's encoder, as is"] = {"bytes": encode_png(shown)}
+        sizes["Gradio's encoder, image.encoderinfo level 1"] = {"bytes": encode_png(fast)}
+        group(f"PNG compress_level ({len(shown)} pictures)", variants, "Gradio's encoder, as is", extra=sizes)
+        log("lever: png done")
 
     # 8. a full gc pass with and without gc.freeze() after start (a gen-2 collection pauses a request)
-    gc.unfreeze()
-    pause = measure(gc.collect, runs=3, warmup=0)
-    gc.freeze()
-    frozen = measure(gc.collect, runs=3, warmup=0)
-    for name, stat in (("no freeze", pause), ("gc.freeze() after start", frozen)):
-        levers.append({"lever": "gen-2 gc.collect() pause", "variant": name, "median_ms": _r(stat.median * 1000),
-                       "runs": len(stat.wall), "current": name == "no freeze"})
+    if want("gc_freeze"):
+        gc.unfreeze()
+        pause = measure(gc.collect, runs=3, warmup=0)
+        gc.freeze()
+        frozen = measure(gc.collect, runs=3, warmup=0)
+        for name, stat in (("no freeze", pause), ("gc.freeze() after start", frozen)):
+            levers.append({"lever": "gen-2 gc.collect() pause", "variant": name, "median_ms": _r(stat.median * 1000),
+                           "runs": len(stat.wall), "current": name == "no freeze"})
 
     # 9. bfloat16 autocast (AMD Zen 4 and recent Intel CPUs have AVX512-BF16): less exact, maybe faster
-    def bf16(fn: Callable[[], Any]) -> Callable[[], Any]:
-        def run() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                fn()
-        return run
+    if want("bf16"):
+        def bf16(fn: Callable[[], Any]) -> Callable[[], Any]:
+            def run() -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    fn()
+            return run
 
-    ig50 = lambda: explain(loaded, analysis, "integrated_gradients", n_steps=50)  # noqa: E731
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = explain(loaded, analysis, "integrated_gradients", n_steps=50)
-    full = explain(loaded, analysis, "integrated_gradients", n_steps=50)
-    error = _r(float((low.heatmap - full.heatmap).norm() / full.heatmap.norm()), 2)
-    group("bf16 autocast: forward", {"fp32": forward, "bf16": bf16(forward)}, "fp32")
-    group("bf16 autocast: IG 50 steps", {"fp32": ig50, "bf16": bf16(ig50)}, "fp32", n=slow_runs,
-          extra={"bf16": {"heatmap_rel_error": error}})
-    log("lever: bf16 done")
+        ig50 = lambda: explain(loaded, analysis, "integrated_gradients", n_steps=50)  # noqa: E731
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = explain(loaded, analysis, "integrated_gradients", n_steps=50)
+        full = explain(loaded, analysis, "integrated_gradients", n_steps=50)
+        error = _r(float((low.heatmap - full.heatmap).norm() / full.heatmap.norm()), 2)
+        group("bf16 autocast: forward", {"fp32": forward, "bf16": bf16(forward)}, "fp32")
+        group("bf16 autocast: IG 50 steps", {"fp32": ig50, "bf16": bf16(ig50)}, "fp32", n=slow_runs,
+              extra={"bf16": {"heatmap_rel_error": error}})
+        log("lever: bf16 done")
 
     # 10. the app's memory: glibc's malloc arenas (one per thread by default) vs MALLOC_ARENA_MAX=2
-    if not args.no_cold_start:
-        for variant, env in (("default malloc", {}), ("MALLOC_ARENA_MAX=2", {"MALLOC_ARENA_MAX": "2"})):
-            stat, memory = cold_start(runs=1, warmup=0, image=args.image, extra_env=env)
-            levers.append({"lever": "app peak RSS (VmHWM)", "variant": variant, "current": not env,
-                           "cold_start_ms": _r(stat.median * 1000), **memory})
+    #     and without triton (torchvision's import pulls in torch._dynamo, which maps the 70 MB libtriton that
+    #     only CUDA wheels of torch bring; a CPU-only wheel has none): the app's peak after a few requests
+    if want("memory") and not args.no_cold_start:
+        with tempfile.TemporaryDirectory(prefix="alexnet-viz-bench-") as site:
+            (Path(site) / "sitecustomize.py").write_text(NO_TRITON, encoding="utf-8")
+            no_triton = {"PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))}
+            arenas = {"MALLOC_ARENA_MAX": "2"}
+            for variant, env in (("as is", {}), ("MALLOC_ARENA_MAX=2", arenas), ("triton not importable", no_triton),
+                                 ("triton not importable + MALLOC_ARENA_MAX=2", {**no_triton, **arenas})):
+                stat, memory = cold_start(runs=1, warmup=0, image=args.image, extra_env=env)
+                levers.append({"lever": "app peak RSS (VmHWM)", "variant": variant, "current": not env,
+                               "cold_start_ms": _r(stat.median * 1000), **memory})
         log("lever: memory done")
 
     # 11. torch.compile on the forward
-    compiled = compile_lever(runs)
-    levers.append({"lever": "torch.compile (forward)", "variant": "torch.compile(module)", **compiled})
-    log("lever: compile done")
+    if want("compile"):
+        compiled = compile_lever(runs)
+        levers.append({"lever": "torch.compile (forward)", "variant": "torch.compile(module)", **compiled})
+        log("lever: compile done")
 
     info.update(meter.summary())
     info["settle_waited_s"] = round(SETTLE.waited, 1)
-    return {"machine": info, "levers": levers}
+    return {"machine": info, "levers": list(levers)}
 
 
 def levers_table(levers: Sequence[Mapping[str, Any]]) -> str:
@@ -1182,16 +1233,18 @@ def levers_table(levers: Sequence[Mapping[str, Any]]) -> str:
                 extra = f"heatmap rel. error {lv['heatmap_rel_error']}"
             base = current.get(lv["lever"])
             ratio = f"{lv['median_ms'] / base:.2f}" if base and lv["median_ms"] is not None else ""
+            others = f"{lv['others_cpu']:.0%}" if lv.get("others_cpu") is not None else ""
             body.append([lv["lever"], lv["variant"] + star, _fmt(lv["median_ms"], "ms"), ratio,
-                         _fmt(lv.get("cores_used")), extra])
+                         _fmt(lv.get("cores_used")), others, extra])
         elif "peak_rss_mb" in lv:
-            body.append([lv["lever"], lv["variant"] + star, f"{lv['peak_rss_mb']} MB peak", "", "",
+            body.append([lv["lever"], lv["variant"] + star, f"{lv['peak_rss_mb']} MB peak", "", "", "",
                          f"idle {lv.get('idle_rss_mb')} MB, after requests {lv.get('rss_mb')} MB"])
         else:
             text = (f"eager {lv.get('eager_ms')} ms, compiled {lv.get('compiled_ms')} ms, compile "
                     f"{lv.get('compile_s')} s, break-even {lv.get('break_even_forwards')} forwards")
-            body.append([lv["lever"], lv["variant"], text if "eager_ms" in lv else lv.get("error", ""), "", "", ""])
-    return table(["lever", "variant (* = current)", "median", "x current", "cores", "notes"], body)
+            body.append([lv["lever"], lv["variant"], text if "eager_ms" in lv else lv.get("error", ""), "", "", "",
+                         ""])
+    return table(["lever", "variant (* = current)", "median", "x current", "cores", "others", "notes"], body)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1203,6 +1256,9 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="1 warm-up + 2 runs; no cold start, no levers (smoke test)")
     mode.add_argument("--levers", action="store_true", help="measure the levers only (updates the JSON's 'levers')")
+    parser.add_argument("--only", action="append", choices=LEVER_GROUPS, default=None, metavar="LEVER",
+                        help=f"with --levers: measure only these (repeatable; one of {', '.join(LEVER_GROUPS)}); "
+                             "the others' results in the JSON are kept")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per step (default 5; quick: 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1)")
     parser.add_argument("--cold-runs", type=int, default=5, help="timed cold starts (after one untimed)")
@@ -1251,8 +1307,16 @@ def main(argv: list[str] | None = None) -> int:
             result = run_levers(args, torch, log)
             print("\n## Levers\n")
             print(levers_table(result["levers"]))
+            kept = []
+            if args.only and "levers" in previous:  # keep the groups not measured now, with when they were
+                old = previous["levers"]
+                kept = [{**lv, "measured_at": lv.get("measured_at", old.get("machine", {}).get("date"))}
+                        for lv in old.get("results", []) if lv.get("group") not in args.only]
+            fresh = [{**lv, "measured_at": result["machine"]["date"]} for lv in result["levers"]]
+            order = {g: i for i, g in enumerate(LEVER_GROUPS)}
+            merged = sorted([*kept, *fresh], key=lambda lv: order.get(lv.get("group", ""), len(order)))
             data = {**{k: v for k, v in previous.items() if k != "levers"},
-                    "levers": {"settings": settings, "machine": result["machine"], "results": result["levers"]}}
+                    "levers": {"settings": settings, "machine": result["machine"], "results": merged}}
             data.setdefault("schema", SCHEMA)
         else:
             result = run_default(args, torch, log)

@@ -52,6 +52,34 @@ def wait_until_serving(url: str, proc: subprocess.Popen[bytes], timeout: float =
     raise TimeoutError(f"{url} was not serving after {timeout} s")
 
 
+def upload(source: Path | str, image: object = None, *, folder: str = "test") -> str:
+    """Put a file where Gradio keeps uploads, as a browser's upload would: a copy of `source` (a path, or the
+    name of a file in assets/), or, given `image` (a PIL image), that image saved under the name `source`."""
+    import gradio as gr
+
+    target = Path(gr.utils.get_upload_folder()) / folder / Path(source).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if image is None:
+        shutil.copy(Path(source) if Path(source).is_absolute() else ASSETS / source, target)
+    else:
+        image.save(target)  # type: ignore[attr-defined]
+    return str(target)
+
+
+@pytest.fixture(scope="module")
+def pool():  # a seeded untrained torchvision AlexNet on the CPU, as `--weights none` serves
+    from alexnet_viz.ui import ModelPool
+
+    return ModelPool("torchvision", "none", "cpu")
+
+
+@pytest.fixture(scope="module")
+def h(pool):  # the page's handlers on that pool
+    from alexnet_viz.ui import Handlers
+
+    return Handlers(pool)
+
+
 class Server:
     def __init__(self, url: str, log: Path, startup_s: float, proc: subprocess.Popen[bytes]) -> None:
         self.url, self.log, self.startup_s, self.proc = url, log, startup_s, proc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -17,29 +16,7 @@ from alexnet_viz import render
 from alexnet_viz.attribution import METHODS
 from alexnet_viz.ui import DISPLAY_SIDE, Handlers, ModelPool, Session, _display, _upload_path, build_demo
 
-from .conftest import ASSETS
-
-
-@pytest.fixture(scope="module")
-def pool() -> ModelPool:
-    return ModelPool("torchvision", "none", "cpu")
-
-
-@pytest.fixture(scope="module")
-def h(pool: ModelPool) -> Handlers:
-    return Handlers(pool)
-
-
-def upload(name: str, image: Image.Image | None = None) -> str:
-    """Put a file where Gradio keeps uploads, as the browser's upload would."""
-    folder = Path(gr.utils.get_upload_folder()) / "test"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    if image is None:
-        shutil.copy(ASSETS / name, path)
-    else:
-        image.save(path)
-    return str(path)
+from .conftest import upload
 
 
 def analyze(h: Handlers, path: str, layer: str = "conv1") -> tuple:

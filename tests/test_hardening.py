@@ -1,0 +1,706 @@
+"""Hardening: a corpus of bad and odd images through every face (library, CLI, page handler, HTTP API), a
+fuzz test of the page's handler, and faults (weights, devices, out of memory, slow work, a visitor who leaves).
+
+Every file is generated here; nothing is downloaded. The launched app is the session `server` fixture.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import subprocess
+import sys
+import time
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from alexnet_viz import cli, ui
+from alexnet_viz.analysis import analyze
+from alexnet_viz.attribution import MODEL_LOCK, AttributionError
+from alexnet_viz.images import ImageError, load_image
+from alexnet_viz.model import available_devices
+from alexnet_viz.ui import Handlers, ModelPool, Session, build_demo
+from alexnet_viz.weights import WeightsError
+
+from .conftest import ASSETS, ROOT, Server, free_port, upload
+
+# --- what a good error looks like --------------------------------------------------------------------------
+
+EXCEPTION_NAME = re.compile(r"\b\w*(Error|Exception|Warning)\b|\bTraceback\b")
+SERVER_PATH = re.compile(r"(^|[\s'\"(=])/(tmp|home|work|root|usr|etc|var|proc|opt)/")
+
+
+def assert_sentence(message: str) -> None:
+    """One line a student can read: ends with '.', no traceback, no exception class, no server path."""
+    assert message == message.strip() and message, repr(message)
+    assert "\n" not in message, message
+    assert message.endswith("."), message
+    assert not EXCEPTION_NAME.search(message), message
+    assert not SERVER_PATH.search(message), message
+    assert str(ROOT) not in message and "site-packages" not in message, message
+
+
+def assert_friendly(message: str) -> None:
+    """A sentence that is one of ours, not the catch-all for an unexpected exception."""
+    assert_sentence(message)
+    assert not message.startswith("Something went wrong"), message
+
+
+# --- the corpus ---------------------------------------------------------------------------------------------
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG of a few hundred bytes whose header claims width x height RGB pixels."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\x00" * 4000))
+            + _chunk(b"IEND", b""))
+
+
+def _photo(width: int = 160, height: int = 120, seed: int = 0) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width]
+    noise = np.random.default_rng(seed).integers(0, 40, (height, width))
+    return Image.fromarray(np.stack([x * 255 // width, y * 255 // height, (x * y + noise) % 256], -1)
+                           .astype(np.uint8))
+
+
+def _encode(im: Image.Image, fmt: str, **options: Any) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def _upright() -> Image.Image:
+    """A portrait picture: red top half, blue bottom half (what the EXIF-rotated file must show)."""
+    im = Image.new("RGB", (120, 160), RED)
+    im.paste(BLUE, (0, 80, 120, 160))
+    return im
+
+
+def _corpus_bytes() -> dict[str, bytes]:
+    jpeg, png = _encode(_photo(), "JPEG", quality=90), _encode(_photo(), "PNG")
+    rgba = _photo().convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    palette = _photo().convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    frames = [_photo(seed=i).convert("P") for i in range(3)]
+    sideways = Image.Exif()
+    sideways[0x0112] = 6  # "rotate 90 degrees clockwise to view": how a phone held sideways stores its photo
+    absurd = Image.Exif()
+    absurd[0x010E] = "x" * 60_000  # ImageDescription: a 60 KB EXIF block
+    iend = png.rindex(b"IEND") - 4
+    meta_chunks = (_chunk(b"tEXt", b"Comment\x00" + b"y" * 3_000_000)  # 3 MB of text
+                   + _chunk(b"iCCP", b"bogus\x00\x00" + zlib.compress(b"not an ICC profile"))
+                   + _chunk(b"pHYs", struct.pack(">IIB", 0xFFFFFFFF, 0, 1)))  # 4 G pixels per metre by 0
+    gray16 = np.linspace(0, 65535, 100 * 200).reshape(100, 200).astype(np.uint16)
+    return {
+        "empty.png": b"",
+        "text.png": b"hello, this is a shopping list, not a picture\n" * 20,
+        "document.png": b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n",
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "truncated.png": png[: len(png) // 2],
+        "one_pixel.png": _encode(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG"),
+        "strip_1x20000.png": _encode(Image.new("L", (1, 20000), 128), "PNG"),
+        "gray16.png": _encode(Image.fromarray(gray16), "PNG"),  # uint16: mode I;16
+        "cmyk.jpg": _encode(_photo().convert("CMYK"), "JPEG"),
+        "rgba.png": _encode(rgba, "PNG"),
+        "palette_transparent.png": _encode(palette, "PNG", transparency=0),
+        "palette_transparent.gif": _encode(palette, "GIF", transparency=0),
+        "animated.gif": _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0),
+        "exif_rotated.jpg": _encode(_upright().transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95,
+                                    exif=sideways),
+        "multipage.tiff": _encode(_photo(seed=1), "TIFF", save_all=True, append_images=[_photo(seed=2)]),
+        "image.webp": _encode(_photo(), "WEBP"),
+        "image.bmp": _encode(_photo(), "BMP"),
+        "absurd_exif_icc_dpi.jpg": _encode(_photo(), "JPEG", exif=absurd, dpi=(0, 99_999_999),
+                                           icc_profile=b"\x00" * 200_000),
+        "absurd_text_icc_dpi.png": png[:iend] + meta_chunks + png[iend:],
+        "bomb_50000.png": _png_claiming(50_000, 50_000),  # 2.5 G pixels: above Pillow's own limit
+        "bomb_8000.png": _png_claiming(8_000, 8_000),  # 64 M pixels: under Pillow's limit, above ours
+    }
+
+
+# None: the image is taken in; a pattern: the sentence that refuses it.
+EXPECTED: dict[str, str | None] = {
+    "empty.png": r"^The file is empty\.$",
+    "text.png": r"not an image alexnet-viz can read \(text\)",
+    "document.png": r"not an image alexnet-viz can read \(PDF\)",
+    "truncated.jpg": r"^This JPEG file looks damaged or is not a complete image\.$",
+    "truncated.png": r"^This PNG file looks damaged or is not a complete image\.$",
+    "one_pixel.png": r"only 1x1 pixels; alexnet-viz needs at least 8",
+    "strip_1x20000.png": r"only 1x20000 pixels",
+    "gray16.png": None,
+    "cmyk.jpg": None,
+    "rgba.png": None,
+    "palette_transparent.png": None,
+    "palette_transparent.gif": None,
+    "animated.gif": None,
+    "exif_rotated.jpg": None,
+    "multipage.tiff": None,
+    "image.webp": None,
+    "image.bmp": None,
+    "absurd_exif_icc_dpi.jpg": None,
+    "absurd_text_icc_dpi.png": None,
+    "bomb_50000.png": r"too many pixels",
+    "bomb_8000.png": r"too many pixels \(8000x8000\)",
+}
+BAD = [name for name, pattern in EXPECTED.items() if pattern]
+GOOD = [name for name, pattern in EXPECTED.items() if not pattern]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("corpus")
+    files = {}
+    for name, data in _corpus_bytes().items():
+        (folder / name).write_bytes(data)
+        files[name] = folder / name
+    assert set(files) == set(EXPECTED)
+    return files
+
+
+def _top_rows_red_bottom_rows_blue(im: Image.Image) -> None:
+    a = np.asarray(im.convert("RGB")).astype(int)
+    h = a.shape[0]
+    top, bottom = a[: h // 4].reshape(-1, 3).mean(0), a[-h // 4 :].reshape(-1, 3).mean(0)
+    assert top[0] > 200 and top[2] < 60, top  # red
+    assert bottom[2] > 200 and bottom[0] < 60, bottom  # blue
+
+
+@pytest.fixture(scope="module")
+def local_model(pool: ModelPool):
+    return pool.default  # the same seeded model as the server's (`--weights none`)
+
+
+def _page_analyze(h: Handlers, path: str, session: Session | None = None) -> tuple[Any, ...]:
+    return h.analyze({"path": path}, "torchvision", "cpu", "conv1", False, "viridis", session)
+
+
+# --- face 1: the library's intake ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_corpus_through_the_intake(corpus: dict[str, Path], name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    pattern = EXPECTED[name]
+    if name.startswith("bomb"):  # refused from the header: no pixel is decoded
+        def refuse(*args: Any, **kwargs: Any) -> None:
+            pytest.fail("pixel data was decoded")
+
+        monkeypatch.setattr(Image, "_getdecoder", refuse)
+    if pattern:
+        with pytest.raises(ImageError) as caught:
+            load_image(corpus[name])
+        assert re.search(pattern, str(caught.value)), str(caught.value)
+        assert_friendly(str(caught.value))
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        im = load_image(corpus[name])
+    assert im.mode == "RGB" and min(im.size) >= 8
+    if name == "exif_rotated.jpg":
+        assert im.size == (120, 160)  # portrait again
+        _top_rows_red_bottom_rows_blue(im)
+    if name == "gray16.png":  # scaled, not clipped to white
+        values = np.asarray(im)[..., 0]
+        assert values.min() < 10 and values.max() > 245 and 100 < values.mean() < 155
+    if name == "rgba.png":  # transparency composited on white: the fully transparent corner is white
+        assert min(np.asarray(im)[0, 0].tolist()) >= 250
+
+
+# --- face 2: the page's handler (in process) ----------------------------------------------------------------
+
+
+def test_corpus_through_the_page_handler(corpus: dict[str, Path], h: Handlers) -> None:
+    good = upload(ASSETS / "cat.jpg")
+    for name, pattern in EXPECTED.items():
+        path = upload(corpus[name])
+        if pattern:
+            with pytest.raises(gr.Error) as caught:
+                _page_analyze(h, path)
+            assert re.search(pattern, caught.value.message), (name, caught.value.message)
+            assert_friendly(caught.value.message)
+            assert len(h.predict_api({"path": good})) == 5  # and the next request is served
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = _page_analyze(h, path)
+            assert isinstance(out[0], Session) and len(out[1]) == 5, name
+            if name == "exif_rotated.jpg":
+                _top_rows_red_bottom_rows_blue(out[0].analysis.view)
+
+
+# --- face 3: the command line ---------------------------------------------------------------------------------
+
+
+def _check_cli_output(stdout: str, stderr: str, corpus: dict[str, Path], out: Path) -> None:
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in stderr
+    bad = [name for name in BAD if name in corpus]
+    assert len(errors) == len(bad), stderr
+    for name in bad:
+        [line] = [e for e in errors if e.startswith(f"error: {corpus[name]}: ")]
+        message = line.removeprefix(f"error: {corpus[name]}: ")
+        assert re.search(EXPECTED[name], message), line
+        assert_friendly(message)
+    for name in (name for name in GOOD if name in corpus):
+        result = json.loads((out / Path(name).stem / "result.json").read_text())
+        assert len(result["top_k"]) == 5, name
+        assert f"{corpus[name]}: " in stdout
+    with Image.open(out / "exif_rotated" / "input.png") as view:
+        _top_rows_red_bottom_rows_blue(view)
+
+
+def test_corpus_through_the_cli_in_process(corpus: dict[str, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # the bad files and two good ones here; the console script below takes the whole corpus
+    subset = {name: path for name, path in corpus.items() if name in BAD or name in ("exif_rotated.jpg", "cmyk.jpg")}
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = cli.main(["analyze", *map(str, subset.values()), "--out", str(out), "--weights", "none",
+                         "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 1  # some images were bad; the batch went on
+    _check_cli_output(captured.out, captured.err, subset, out)
+
+
+@pytest.mark.slow
+def test_corpus_through_the_console_script(corpus: dict[str, Path], tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("alexnet-viz")
+    assert script.is_file()
+    out = tmp_path / "out"
+    run = subprocess.run([str(script), "analyze", *map(str, corpus.values()), "--out", str(out), "--weights",
+                          "none", "--device", "cpu"], capture_output=True, text=True, timeout=600,
+                         env={**_env(), "TORCH_HOME": str(tmp_path / "torch")})
+    assert run.returncode == 1, run.stderr
+    _check_cli_output(run.stdout, run.stderr, corpus, out)
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONWARNINGS": "ignore"}
+
+
+# --- face 4: the launched app through gradio_client ----------------------------------------------------------
+
+
+def _predict_labels(client: Client, path: Path | str) -> list[str]:
+    out = client.predict(handle_file(str(path)), api_name="/predict")
+    return [c["label"] for c in out["confidences"]]
+
+
+def test_corpus_through_the_http_api(server: Server, corpus: dict[str, Path], local_model) -> None:
+    from gradio_client.exceptions import AppError
+
+    client = Client(server.url, verbose=False)
+    good = [p.label for p in analyze(local_model, ASSETS / "cat.jpg").top_k]
+    for name, pattern in EXPECTED.items():
+        if pattern:
+            with pytest.raises(AppError) as caught:
+                client.predict(handle_file(str(corpus[name])), api_name="/predict")
+            message = str(caught.value)
+            assert re.search(pattern, message), (name, message)
+            assert_friendly(message)
+            # the same sentence from the page's own event
+            with pytest.raises(AppError, match=pattern):
+                client.predict(handle_file(str(corpus[name])), "torchvision", "cpu", "conv1", False, "viridis",
+                               api_name="/analyze")
+            assert _predict_labels(client, ASSETS / "cat.jpg") == good  # the server answers normally
+        else:
+            labels = _predict_labels(client, corpus[name])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                expected = [p.label for p in analyze(local_model, load_image(corpus[name])).top_k]
+            assert labels == expected, name
+
+
+def test_exif_rotation_reaches_the_model_upright_over_http(server: Server, corpus: dict[str, Path],
+                                                           local_model) -> None:
+    path = corpus["exif_rotated.jpg"]
+    upright = [p.label for p in analyze(local_model, path).top_k]  # the intake turns it (checked above)
+    with Image.open(path) as im:
+        as_stored = np.asarray(im.convert("RGB"))  # the decoded pixels, EXIF ignored (an array has none)
+    assert as_stored.shape[:2] == (120, 160)
+    stored = [p.label for p in analyze(local_model, as_stored).top_k]
+    assert upright != stored  # so the check below can tell them apart
+    client = Client(server.url, verbose=False)
+    assert _predict_labels(client, corpus["exif_rotated.jpg"]) == upright
+
+
+# --- fuzz: generated images through the page's handler ---------------------------------------------------------
+
+MODES = ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I;16", "I", "F"]
+FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
+
+
+@st.composite
+def generated_images(draw: st.DrawFn) -> tuple[bytes, str]:
+    """An image of a random mode, size and format, sometimes multi-frame, EXIF-oriented or cut short."""
+    mode = draw(st.sampled_from(MODES))
+    fmt = draw(st.sampled_from(FORMATS))
+    def side() -> int:  # one side in ten below the intake's minimum of 8 or near it
+        return draw(st.integers(1, 23) if draw(st.integers(0, 9)) == 9 else st.integers(24, 400))
+
+    width, height = side(), side()
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    base = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    try:
+        im = base.convert(mode)
+    except (ValueError, OSError):
+        im = base
+    options: dict[str, Any] = {}
+    if fmt in ("JPEG", "PNG", "WEBP", "TIFF") and draw(st.booleans()):
+        exif = Image.Exif()
+        exif[0x0112] = draw(st.integers(0, 9))  # orientation, valid (1-8) or not
+        options["exif"] = exif
+    frames = draw(st.integers(1, 3))
+    if frames > 1 and fmt in ("GIF", "PNG", "TIFF", "WEBP"):
+        options.update(save_all=True, append_images=[im.copy() for _ in range(frames - 1)])
+    try:
+        data = _encode(im, fmt, **options)
+    except (OSError, ValueError, KeyError, TypeError):  # this format cannot store this mode
+        im = im.convert("RGB")
+        if "append_images" in options:
+            options["append_images"] = [im.copy() for _ in options["append_images"]]
+        data = _encode(im, fmt, **options)
+    if draw(st.integers(0, 3)) == 3:  # a quarter are cut short somewhere
+        data = data[: int(len(data) * draw(st.floats(0.0, 1.0)))]
+    return data, fmt.lower()
+
+
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(generated_images())
+def test_fuzz_the_page_handler(h: Handlers, image: tuple[bytes, str]) -> None:
+    data, ext = image
+    folder = Path(gr.utils.get_upload_folder()) / "fuzz"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"image.{ext}"
+    path.write_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            out = _page_analyze(h, str(path))
+        except gr.Error as e:
+            assert_friendly(e.message)
+            return
+    assert isinstance(out[0], Session) and len(out[1]) == 5
+
+
+# --- faults: weights -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from safetensors.torch import save_file
+
+    from alexnet_viz.architectures import build_model
+
+    folder = tmp_path_factory.mktemp("weights")
+    tv = build_model("torchvision", num_classes=1000, seed=3).state_dict()
+    files: dict[str, Path] = {}
+    torch.save(tv, folder / "good.pt")
+    (folder / "truncated.pt").write_bytes((folder / "good.pt").read_bytes()[:50_000])
+    torch.save(build_model("paper", seed=1).state_dict(), folder / "paper.pt")  # another architecture
+    shapes = dict(tv)
+    shapes["conv2.weight"] = torch.zeros(192, 64, 3, 3)
+    torch.save(shapes, folder / "shapes.pt")
+    save_file({k: v.to(torch.int16) if k.endswith("weight") else v for k, v in tv.items()},
+              str(folder / "ints.safetensors"))
+
+    class RunsCode:
+        def __reduce__(self):  # unpickling would create a file next to the weights
+            return (Path.touch, (folder / "pwned",))
+
+    torch.save({"conv1.weight": torch.zeros(1), "payload": RunsCode()}, folder / "evil.pt")
+    for name in ("truncated.pt", "paper.pt", "shapes.pt", "ints.safetensors", "evil.pt"):
+        files[name] = folder / name
+    return files
+
+
+WEIGHTS_MESSAGES = {
+    "truncated.pt": r"^truncated\.pt is not a readable PyTorch weights file",
+    "paper.pt": r"^These weights do not fit this architecture; .*wrong shape: conv1\.weight",
+    "shapes.pt": r"wrong shape: conv2\.weight \(192, 64, 3, 3\) \(model has \(192, 64, 5, 5\)\)",
+    "ints.safetensors": r"^These weights have the wrong number type for conv1\.weight",
+    "evil.pt": r"^evil\.pt was refused: loading it would run code",
+}
+
+
+@pytest.mark.parametrize("name", list(WEIGHTS_MESSAGES))
+def test_bad_weights_are_one_sentence_and_the_app_does_not_start(bad_weights: dict[str, Path], name: str) -> None:
+    with pytest.raises(WeightsError) as caught:
+        ModelPool("torchvision", str(bad_weights[name]), "cpu")
+    message = str(caught.value)
+    assert re.search(WEIGHTS_MESSAGES[name], message), message
+    assert "\n" not in message and message.endswith(".") and "Traceback" not in message
+    assert not (bad_weights[name].parent / "pwned").exists()
+
+
+def _one_error_line(run: subprocess.CompletedProcess[str]) -> str:
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr + run.stdout
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, run.stderr
+    return errors[0]
+
+
+def _app(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "app.py"), *args, "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**_env(), "GRADIO_TEMP_DIR": str(tmp / "g"), "TORCH_HOME": str(tmp / "t")})
+
+
+@pytest.mark.slow
+def test_app_with_bad_weights_or_absent_device_exits_with_one_error_line(bad_weights: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    line = _one_error_line(_app("--weights", str(bad_weights["evil.pt"]), tmp=tmp_path))
+    assert "refused: loading it would run code" in line
+    assert not (bad_weights["evil.pt"].parent / "pwned").exists()
+    absent = next(d for d in ("cuda", "mps") if d not in available_devices())
+    line = _one_error_line(_app("--weights", "none", "--device", absent, tmp=tmp_path))
+    assert re.search(r"(CUDA|MPS) was asked for, but", line), line
+
+
+def test_a_failed_model_switch_keeps_the_visitors_model(h: Handlers, pool: ModelPool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    session = _page_analyze(h, upload(ASSETS / "cat.jpg"))[0]
+    before = dict(pool._models)
+    for failure in (WeightsError("These weights do not fit this architecture; missing: conv1.weight."),
+                    RuntimeError("CUDA out of memory. Tried to allocate 230.00 MiB"),
+                    OSError("No space left on device")):
+        def refuse(*args: Any, failure: Exception = failure, **kwargs: Any) -> None:
+            raise failure
+
+        monkeypatch.setattr(ui, "load_model", refuse)
+        with pytest.raises(gr.Error) as caught:
+            h.switch_model("paper", "cpu", session)
+        assert_sentence(caught.value.message)
+        assert dict(pool._models) == before  # nothing half-loaded was kept
+    monkeypatch.undo()
+    # the page puts the dropdowns back on the visitor's model, and everything still works with it
+    assert h.current_model(session) == ("torchvision", "cpu")
+    assert h.current_model(None) == pool.default_key
+    assert "conv3" in h.show_layer(session, "conv3", False, "viridis")[1]
+    assert h.explain(session, "gradcam", "", "conv5", 0.5, "auto", *_default_options(), progress=_no_progress)[2]
+    assert len(_page_analyze(h, upload(ASSETS / "espresso.jpg"), session)[1]) == 5
+
+
+def test_the_page_reverts_the_dropdowns_when_a_switch_fails(pool: ModelPool) -> None:
+    demo = build_demo(pool)
+    deps = list(demo.fns.values())
+    [switch] = [d for d in deps if d.name == "switch_model"]
+    after = [d for d in deps if d.trigger_after == switch._id]
+    failure = [d for d in after if d.trigger_only_on_failure]
+    success = [d for d in after if d.trigger_only_on_success]
+    assert [d.name for d in failure] == ["current_model"]
+    assert {o._id for o in failure[0].outputs} == {c._id for c in _dropdowns(demo, "arch", "device")}
+    assert [d.name for d in success] == ["architecture"]
+    chained = [d for d in deps if d.trigger_after == success[0]._id]
+    assert [d.name for d in chained] == ["analyze"] and chained[0].trigger_only_on_success
+
+
+def _dropdowns(demo: gr.Blocks, *elem_ids: str) -> list[Any]:
+    return [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.elem_id in elem_ids]
+
+
+# --- faults: devices and memory ------------------------------------------------------------------------------
+
+
+def test_device_choices_are_only_the_available_ones(pool: ModelPool) -> None:
+    demo = build_demo(pool)
+    [device] = _dropdowns(demo, "device")
+    assert [value for _, value in device.choices] == available_devices()
+
+
+def test_an_absent_device_over_the_api_is_a_sentence(server: Server) -> None:
+    from gradio_client.exceptions import AppError
+
+    absent = next(d for d in ("cuda", "mps", "cuda:7") if d not in available_devices())
+    client = Client(server.url, verbose=False)
+    with pytest.raises(AppError) as caught:
+        client.predict(handle_file(str(ASSETS / "cat.jpg")), "torchvision", absent, "conv1", False, "viridis",
+                       api_name="/analyze")
+    assert "is not available on this server" in str(caught.value)
+    assert_friendly(str(caught.value))
+    assert len(_predict_labels(client, ASSETS / "cat.jpg")) == 5
+
+
+def _default_options() -> list[float]:
+    return [o.default for o in ui.OPTION_SPECS.values()]
+
+
+def _options(**chosen: float) -> list[float]:
+    return [chosen.get(name, o.default) for name, o in ui.OPTION_SPECS.items()]
+
+
+def _no_progress(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _no_hooks_left(module: torch.nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+               for m in module.modules())
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("MPS backend out of memory (MPS allocated: 8.00 GB)"),
+                                   MemoryError()])
+def test_out_of_memory_is_a_sentence_and_the_model_stays_usable(h: Handlers, pool: ModelPool, error: BaseException,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    good = upload(ASSETS / "cat.jpg")
+    session = _page_analyze(h, good)[0]
+    conv3 = pool.default.module.get_submodule("conv3")
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(conv3, "forward", boom)
+    with pytest.raises(gr.Error) as caught:
+        _page_analyze(h, good)
+    assert caught.value.message.startswith("The server ran out of memory while analysing the image; ")
+    assert_friendly(caught.value.message)
+    for method in ("gradcam", "integrated_gradients"):
+        with pytest.raises(gr.Error) as caught:
+            h.explain(session, method, "", "conv5", 0.5, "auto", *_options(n_steps=4), progress=_no_progress)
+        assert caught.value.message.startswith("Ran out of memory computing "), caught.value.message
+        assert_friendly(caught.value.message)
+    with pytest.raises(gr.Error, match="out of memory"):
+        h.predict_api({"path": good})
+    monkeypatch.undo()
+    # the same model serves the next requests: no lock held, no hook left behind
+    assert MODEL_LOCK.acquire(blocking=False)
+    MODEL_LOCK.release()
+    assert _no_hooks_left(pool.default.module)
+    assert len(_page_analyze(h, good)[1]) == 5
+    assert h.explain(session, "integrated_gradients", "", "conv5", 0.5, "auto", *_options(n_steps=4),
+                     progress=_no_progress)[2].attributions["integrated_gradients"].options["n_steps"] == 4
+
+
+# --- faults: slow work ---------------------------------------------------------------------------------------------
+
+
+def test_slow_attributions_stop_at_the_time_limit(pool: ModelPool) -> None:
+    h = Handlers(pool, time_limit_s=0.3)
+    session = _page_analyze(h, upload(ASSETS / "cat.jpg"))[0]
+    seen: list[float] = []
+
+    def progress(fraction: float, desc: str | None = None) -> None:
+        seen.append(fraction)
+
+    slow = _options(n_steps=200, internal_batch_size=1, window=8, stride=4, perturbations_per_eval=1, samples=64,
+                    nt_samples_batch_size=1)
+    for method in ("integrated_gradients", "occlusion", "smoothgrad"):  # minutes each without the limit
+        t0 = time.perf_counter()
+        with pytest.raises(gr.Error, match=r"took longer than 0\.3 s and was stopped") as caught:
+            h.explain(session, method, "", "conv5", 0.5, "auto", *slow, progress=progress)
+        assert time.perf_counter() - t0 < 60
+        assert_friendly(caught.value.message)
+    assert seen and max(seen) < 1.0  # it reported progress until it stopped
+    with pytest.raises(gr.Error, match="took longer than"):
+        h.compare(session, ["saliency", "occlusion", "integrated_gradients"], "", 0.6, progress=_no_progress)
+    h.time_limit_s = 0.0
+    with pytest.raises(gr.Error, match="took longer than"):
+        h.explain_api({"path": upload(ASSETS / "cat.jpg")}, "occlusion", "")
+    # the model is free again and fast methods are not affected by the limit
+    assert MODEL_LOCK.acquire(blocking=False)
+    MODEL_LOCK.release()
+    assert _no_hooks_left(pool.default.module)
+    assert h.explain(session, "gradcam", "", "conv5", 0.5, "auto", *slow, progress=progress)[2]
+    h.time_limit_s = ui.SLOW_LIMIT_S
+    out = h.explain(session, "integrated_gradients", "", "conv5", 0.5, "auto", *_options(n_steps=8),
+                    progress=progress)
+    assert "integrated_gradients" in out[2].attributions
+
+
+class _FakeEvent:
+    def __init__(self) -> None:
+        self._id, self.alive, self.closed = "e1", True, False
+
+
+class _FakeQueue:
+    def __init__(self, event: _FakeEvent) -> None:
+        self.event_ids_to_events = {event._id: event}
+
+
+@pytest.mark.parametrize("leave", ["disconnect", "close", "cancel"])
+def test_a_visitor_who_leaves_stops_the_attribution(leave: str) -> None:
+    event = _FakeEvent()
+    queue = _FakeQueue(event)
+    bound = ui._Bounded(None, 3600)
+    bound(0.0, "starting")
+    bound.event = (queue, event)  # as _current_event() finds it inside a queued Gradio event
+    bound(0.5, "pass 2 of 4")  # still there: goes on
+    if leave == "disconnect":
+        event.alive = False  # Gradio: the SSE stream went away (clean_events)
+    elif leave == "close":
+        event.closed = True  # Gradio: the page's heartbeat ended
+    else:
+        del queue.event_ids_to_events[event._id]  # Gradio: /cancel ended the task, not our thread
+    with pytest.raises(AttributionError, match="cancelled"):
+        bound(0.75, "pass 3 of 4")
+    bound(1.0, "done")  # finished work is never thrown away
+    assert ui._Bounded(None, 3600).event is None and ui._current_event() is None  # outside Gradio: time only
+
+
+@pytest.mark.slow
+def test_cancelling_over_http_frees_the_model(pool: ModelPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradio's /cancel (what gradio_client's Job.cancel and the page's Stop do) cannot stop a running sync
+    handler's thread; our progress callback notices and stops the attribution at its next batch."""
+    module = pool.default.module
+    calls: list[int] = []
+
+    def slow_batch(_module: torch.nn.Module, _args: tuple[Any, ...]) -> None:
+        calls.append(1)
+        time.sleep(0.4)
+
+    handle = module.register_forward_pre_hook(slow_batch)
+    demo = build_demo(pool)
+    demo.queue(max_size=8, default_concurrency_limit=2)
+    port = free_port()
+    try:
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    show_error=False, enable_monitoring=False, ssr_mode=False, max_file_size="20mb")
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        # /explain: one forward pass to analyse, then occlusion's unoccluded pass and 11 batches of windows
+        job = client.submit(handle_file(str(ASSETS / "cat.jpg")), "occlusion", "", api_name="/explain")
+        deadline = time.monotonic() + 60
+        while len(calls) < 4 and time.monotonic() < deadline:  # the attribution is running
+            time.sleep(0.05)
+        assert len(calls) >= 4
+        assert job.cancel()
+        cancelled_at = len(calls)
+        deadline = time.monotonic() + 60
+        free = False
+        while not free and time.monotonic() < deadline:
+            free = MODEL_LOCK.acquire(timeout=0.1)
+        assert free, "the attribution kept the model after its visitor cancelled"
+        MODEL_LOCK.release()
+        stopped_at = len(calls)
+        assert stopped_at <= cancelled_at + 2 < 13  # stopped at the next batch, not after all 13 passes
+        time.sleep(1.0)
+        assert len(calls) == stopped_at  # nothing runs on behind the visitor's back
+    finally:
+        handle.remove()
+        demo.close()
+    assert _no_hooks_left(module)
