@@ -418,10 +418,54 @@ def _occlusion(c: _Call) -> Result:
 def _deeplift(c: _Call) -> Result:
     from captum.attr import DeepLift
 
-    attrs, delta = DeepLift(c.model).attribute(
-        c.leaf(), baselines=torch.zeros_like(c.x), target=c.target, return_convergence_delta=True,
-    )
+    with _pool_rule_in_order(c.x.device):
+        attrs, delta = DeepLift(c.model).attribute(
+            c.leaf(), baselines=torch.zeros_like(c.x), target=c.target, return_convergence_delta=True,
+        )
     return attrs[0], attrs[0].sum(dim=0), float(delta.reshape(-1)[0])
+
+
+def _unpool2d_in_order(
+    values: torch.Tensor, indices: torch.Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0,
+    output_size: Any = None,
+) -> torch.Tensor:
+    """``F.max_unpool2d`` with a fixed answer on every device: where overlapping windows share a maximum
+    (AlexNet's 3x3 stride-2 pools), the last window in row-major order wins, as in the CPU kernel's loop on
+    one thread. CUDA's kernel writes such repeated indices in whatever order its threads finish."""
+    n, ch = values.shape[:2]
+    height, width = (int(v) for v in output_size[-2:])
+    flat_values, flat_indices = values.reshape(n, ch, -1), indices.reshape(n, ch, -1)
+    order = torch.arange(flat_indices.shape[-1], device=values.device).expand_as(flat_indices)
+    winner = torch.full((n, ch, height * width), -1, dtype=torch.long, device=values.device)
+    winner.scatter_reduce_(2, flat_indices, order, reduce="amax")  # a max: the same on any order of writes
+    out = flat_values.gather(2, winner.clamp(min=0)).masked_fill_(winner < 0, 0)
+    return out.reshape(n, ch, height, width)
+
+
+@contextmanager
+def _pool_rule_in_order(device: torch.device) -> Iterator[None]:
+    """Off the CPU, DeepLift's max-pool rule un-pools with :func:`_unpool2d_in_order`, so that its map is the
+    same on every call and matches the CPU's (Captum 0.9 uses ``F.max_unpool2d``: on CUDA a different map each
+    call, cosine ~0.5 with the CPU's, for networks whose pools keep their rule, e.g. the paper's with LRN
+    before each pool). Captum's rule table is swapped while MODEL_LOCK is held and restored after."""
+    from captum.attr._core import deep_lift
+
+    rules, maxpool = getattr(deep_lift, "SUPPORTED_NON_LINEAR", None), getattr(deep_lift, "maxpool", None)
+    if device.type == "cpu" or not isinstance(rules, dict) or maxpool is None or nn.MaxPool2d not in rules:
+        yield
+        return
+
+    def maxpool2d(module: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor, grad_input: torch.Tensor,
+                  grad_output: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+        return maxpool(module, nn.functional.max_pool2d, _unpool2d_in_order, inputs, outputs, grad_input,
+                       grad_output, eps=eps)
+
+    before = rules[nn.MaxPool2d]
+    rules[nn.MaxPool2d] = maxpool2d
+    try:
+        yield
+    finally:
+        rules[nn.MaxPool2d] = before
 
 
 _RUNNERS: dict[str, Callable[[_Call], Result]] = {

@@ -4,6 +4,7 @@
     python benchmarks/bench.py             # everything, ~3-4 min on 2 cores; writes results/<device>.json
     python benchmarks/bench.py --levers    # the levers (threads, batch sizes, channels-last, ...) only
     python benchmarks/bench.py --quick     # 1 warm-up + 2 runs, no cold start, no levers: a smoke test
+    python benchmarks/bench.py --device cuda   # the engine's rows on the GPU; writes results/cuda.json
 
 Every row is the median of ``--runs`` timed runs (``time.perf_counter``) after ``--warmup`` untimed ones;
 ``gc.collect()`` runs before every timed run (cheap: ``gc.freeze()`` after setup). The first warm-up of a
@@ -880,6 +881,188 @@ def run_tutorial(args: argparse.Namespace, torch: Any, app: App, rows: list[dict
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the engine on a GPU (--device cuda)
+
+# Rows of the CPU run that --device cuda does not measure, and why (recorded in the JSON's "skipped").
+_THROUGH_THE_APP = ("goes through alexnet_viz.ui.Handlers, which imports gradio (not needed to measure the engine); "
+                    "its time is the CPU's drawing and PNG encoding on any device")
+GPU_SKIPPED: dict[str, str] = {
+    **{key: _THROUGH_THE_APP for key in ("full_view", "png_encode", "full_view_png", "layer_change", "layer_change_png",
+                                         "channel_change", "channel_change_png", "opacity_change",
+                                         "attribution_opacity_change")},
+    "tutorial_full_view": "matplotlib drawing on the CPU; it is compared with full_view, which needs the app",
+    "speedup_full_view": "needs full_view (the app) and the tutorial's matplotlib view",
+    "cold_start": "starts app.py (gradio) and measures its start-up on the CPU side",
+    "peak_rss": "the app's process memory (gradio + torch) on the CPU side",
+    "levers": "CPU levers (threads, OpenMP, oneDNN channels-last, bf16 on the CPU, PNG, gc); --levers is CPU-only",
+}
+
+
+def _nvidia_driver() -> str | None:
+    """The NVIDIA driver's version, from nvidia-smi or /proc/driver/nvidia/version."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip().splitlines()[0]
+    with contextlib.suppress(OSError):
+        found = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", Path("/proc/driver/nvidia/version").read_text())
+        if found:
+            return found.group(1)
+    return None
+
+
+def gpu_info(torch: Any, device: Any) -> dict[str, Any]:
+    props = torch.cuda.get_device_properties(device)
+    return {
+        "name": props.name,
+        "memory_gb": round(props.total_memory / 1024**3, 1),
+        "capability": f"{props.major}.{props.minor}",
+        "multiprocessors": props.multi_processor_count,
+        "driver": _nvidia_driver(),
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "tf32_convolutions": bool(torch.backends.cudnn.allow_tf32),  # torch's default: True
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),  # torch's default: False
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+    }
+
+
+def run_engine(args: argparse.Namespace, torch: Any, device: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The engine's rows on a GPU: forward, analyze, every attribution at its UI defaults, IG 50 steps, and
+    Captum's default IG. Every timed call ends with ``torch.cuda.synchronize()``, so the clock stops when the
+    GPU is done (and the next run starts on an idle GPU). Rows that need the app are listed in "skipped"."""
+    from alexnet_viz.analysis import analyze, explain
+    from alexnet_viz.images import load_image
+    from alexnet_viz.model import load_model
+
+    runs, warmup = args.runs, args.warmup
+    dev = torch.device(device)
+    meter = LoadMeter()
+    info = machine_info(torch)
+    info["gpu"] = gpu_info(torch, dev)
+    log(f"machine: {info['gpu']['name']} (driver {info['gpu']['driver']}, CUDA {torch.version.cuda}), "
+        f"{info['cpu_model']}, {info['cores']} cores, torch {torch.__version__}")
+
+    def synced(fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            fn()
+            torch.cuda.synchronize(dev)
+        return run
+
+    def timed(fn: Callable[[], Any], *, count_flops: bool = False) -> tuple[Stat, float]:
+        """measure() of the synchronised ``fn``, and the peak GPU memory it allocated (MB)."""
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        stat = measure(synced(fn), runs=runs, warmup=warmup, count_flops=count_flops)
+        return stat, (torch.cuda.max_memory_allocated(dev) - base) / 1e6
+
+    # The floor: fp32 matmul (TF32 off, torch's default for matmul). cuDNN convolves in TF32 by default, so
+    # convolution-heavy steps can come in under this "floor"; a 4096 product (2048 is too small for a GPU).
+    n = 4096
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    mm = measure(synced(lambda: torch.mm(a, b)), runs=10, warmup=3)
+    gflops = 2 * n**3 / mm.median / 1e9
+    info["matmul_gflops"] = _r(gflops)
+    info["matmul"] = {"n": n, "dtype": "float32 (TF32 off)", "median_ms": _r(mm.median * 1000), "runs": len(mm.wall),
+                      "best_gflops": _r(2 * n**3 / min(mm.wall) / 1e9)}
+    log(f"fp32 matmul {n}x{n} on {dev}: {gflops:.0f} GFLOP/s (median of {len(mm.wall)})")
+
+    loaded = load_model(ARCH, "none", device)
+    gc.collect()
+    gc.freeze()
+    rows: list[dict[str, Any]] = []
+    pil = load_image(args.image)
+    x = loaded.preprocess(pil)
+    xb = x.expand(64, -1, -1, -1).contiguous()
+
+    def forward(batch: Any) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode():
+                loaded.module(batch)
+        return run
+
+    for key, label, batch in (("forward", "forward pass, batch 1 (inference_mode)", x),
+                              ("forward_batch64", "forward pass, batch 64 (inference_mode)", xb)):
+        stat, peak = timed(forward(batch), count_flops=True)
+        rows.append(make_row(key, label, stat=stat, gflops_per_s=gflops, gpu_peak_mb=_r(peak)))
+    log("forward done")
+    rows.append(make_row("decode", f"decode {args.image.name} (load_image, on the CPU)",
+                         stat=measure(lambda: load_image(args.image), runs=runs, warmup=warmup)))
+    stat, peak = timed(lambda: analyze(loaded, pil), count_flops=True)
+    rows.append(make_row("analyze", "analyze(): preprocess + forward with capture (layers copied to the CPU)",
+                         stat=stat, gflops_per_s=gflops, gpu_peak_mb=_r(peak)))
+    log("analyze done")
+
+    analysis = analyze(loaded, pil)
+    for key, label, options in attribution_steps():
+        stat, peak = timed(lambda key=key, options=options: explain(loaded, analysis, key.removesuffix("_50"),
+                                                                    **options), count_flops=True)
+        row = make_row(key, label, stat=stat, gflops_per_s=gflops, gpu_peak_mb=_r(peak))
+        rows.append(row)
+        if key == "integrated_gradients_50" and "x_floor" in row:  # the 1.3 x target is the CPU's (compute-bound)
+            rows.append(make_row("integrated_gradients_50_x_floor", "integrated gradients, 50 steps: x floor",
+                                 value=row["x_floor"], unit="x", target_key="-",
+                                 note="no target on a GPU: batch-16 steps are bound by kernel launches, not FLOPs"))
+        log(f"{key} done")
+
+    # Captum's defaults the tutorial way (torchvision's alexnet as is, 50 steps in one batch), on the GPU
+    from captum.attr import IntegratedGradients
+
+    tutorial = Tutorial(torch, args.image)
+    tutorial.prepare_ig()
+    tutorial.model.to(dev)
+    tutorial.x = tutorial.x.to(dev)
+    stat, peak = timed(tutorial.integrated_gradients, count_flops=True)
+    tutorial_rows = [make_row("tutorial_integrated_gradients", "tutorial: IntegratedGradients, Captum defaults "
+                              "(50 steps, one batch)", stat=stat, gflops_per_s=gflops, gpu_peak_mb=_r(peak))]
+    ours50 = lambda: IntegratedGradients(loaded.module).attribute(  # noqa: E731
+        x.detach().clone().requires_grad_(True), baselines=torch.zeros_like(x), target=analysis.top1.index, n_steps=50)
+    stat, peak = timed(ours50, count_flops=True)
+    tutorial_rows.append(make_row("integrated_gradients_50_one_batch", "our model, IntegratedGradients 50 steps in one "
+                                  "batch (frozen parameters)", stat=stat, gflops_per_s=gflops, gpu_peak_mb=_r(peak)))
+    by_key = {r["key"]: r for r in rows}
+
+    def speedup(key: str, label: str, ours_key: str) -> dict[str, Any]:
+        ours, theirs = by_key[ours_key].get("median"), tutorial_rows[0].get("median")
+        value = theirs / ours if ours and theirs else None
+        return make_row(key, label, value=value, unit="x", ours_ms=ours, tutorial_ms=theirs)
+
+    speedups = [
+        speedup("speedup_integrated_gradients_50", "integrated gradients, 50 steps, vs Captum defaults",
+                "integrated_gradients_50"),
+        speedup("speedup_integrated_gradients_ui", "integrated gradients at UI defaults vs Captum defaults",
+                "integrated_gradients"),
+    ]
+    log("tutorial IG done")
+
+    info.update(meter.summary())
+    info["settle_waited_s"] = round(SETTLE.waited, 1)
+    skipped = [{"key": key, "reason": reason} for key, reason in GPU_SKIPPED.items()]
+    return {"machine": info, "rows": rows, "tutorial": tutorial_rows, "speedups": speedups, "skipped": skipped}
+
+
+def report_engine(result: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
+    mach, gpu = result["machine"], result["machine"]["gpu"]
+    print(f"\n# alexnet-viz benchmark on {settings['device']} ({settings['mode']}: median of {settings['runs']} runs "
+          f"after {settings['warmup']} warm-up)\n")
+    print(f"{mach['date']} · {gpu['name']} · driver {gpu['driver']} · CUDA {gpu['cuda_runtime']} · cuDNN "
+          f"{gpu['cudnn']} · torch {mach['versions']['torch']} · TF32 convolutions {gpu['tf32_convolutions']} · "
+          f"fp32 matmul {mach['matmul_gflops']} GFLOP/s · host {mach['cpu_model']}, {mach['cores']} cores\n")
+    print(results_table([*result["rows"], *result["tutorial"], *result["speedups"]]))
+    print("\nNot measured on the GPU:\n")
+    reasons: dict[str, list[str]] = {}
+    for skip in result["skipped"]:
+        reasons.setdefault(skip["reason"], []).append(skip["key"])
+    for reason, keys in reasons.items():
+        print(f"- {', '.join(keys)}: {reason}")
+    targets = [r for r in [*result["rows"], *result["speedups"]] if "pass" in r]
+    passed = sum(bool(r["pass"]) for r in targets)
+    print(f"\n{passed} of {len(targets)} targets met (the targets are the CPU's).")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # levers
 
 
@@ -1259,8 +1442,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=LEVER_GROUPS, default=None, metavar="LEVER",
                         help=f"with --levers: measure only these (repeatable; one of {', '.join(LEVER_GROUPS)}); "
                              "the others' results in the JSON are kept")
-    parser.add_argument("--runs", type=int, default=None, help="timed runs per step (default 5; quick: 2)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu (default): every row; cuda: the engine's rows (forward, analyze, attributions) "
+                             "on the GPU, synchronised, to results/cuda.json; the app's rows are skipped")
+    parser.add_argument("--runs", type=int, default=None, help="timed runs per step (default 5, cuda 10; quick: 2)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1, cuda 3)")
     parser.add_argument("--cold-runs", type=int, default=5, help="timed cold starts (after one untimed)")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold start and memory rows")
     parser.add_argument("--settle", type=float, default=None,
@@ -1271,8 +1457,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON to write (default benchmarks/results/cpu.json; --quick writes only with --out)")
     args = parser.parse_args(argv)
-    args.runs = args.runs if args.runs is not None else (2 if args.quick else 5)
-    args.warmup = args.warmup if args.warmup is not None else 1
+    gpu = args.device != "cpu"
+    args.runs = args.runs if args.runs is not None else (2 if args.quick else (10 if gpu else 5))
+    args.warmup = args.warmup if args.warmup is not None else (3 if gpu and not args.quick else 1)
+    if gpu and args.levers:
+        parser.error("--levers measures the CPU only; drop --device")
     args.image = args.image.resolve()
     args.settle = args.settle if args.settle is not None else (0.0 if args.quick else 10.0)
     SETTLE.per_step, SETTLE.budget, SETTLE.waited = args.settle, args.settle_budget, 0.0
@@ -1293,7 +1482,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        device = "cpu"  # the harness measures the CPU path: the device a free Space and a lecture laptop have
+        # The CPU path is the device a free Space and a lecture laptop have; --device cuda measures the engine only.
+        device = args.device
+        if device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA GPU here")
         out_path = args.out or (None if args.quick else RESULTS_DIR / f"{device}.json")
         previous: dict[str, Any] = {}
         if out_path is not None and out_path.exists():
@@ -1319,8 +1511,12 @@ def main(argv: list[str] | None = None) -> int:
                     "levers": {"settings": settings, "machine": result["machine"], "results": merged}}
             data.setdefault("schema", SCHEMA)
         else:
-            result = run_default(args, torch, log)
-            report(result, settings)
+            if device == "cpu":
+                result = run_default(args, torch, log)
+                report(result, settings)
+            else:
+                result = run_engine(args, torch, device, log)
+                report_engine(result, settings)
             data = {"schema": SCHEMA, "settings": settings, **result}
             if "levers" in previous:
                 data["levers"] = previous["levers"]

@@ -513,3 +513,27 @@ def test_the_lock_serialises_calls(model: nn.Sequential, x64: torch.Tensor) -> N
         assert not done.wait(0.3)
     t.join(timeout=30)
     assert done.is_set()
+
+
+def test_deeplift_unpools_in_the_cpu_order() -> None:
+    """Off the CPU, DeepLIFT's max-pool rule un-pools with _unpool2d_in_order (CUDA's F.max_unpool2d writes the
+    indices that overlapping windows share in no fixed order): it must give exactly the answer of the CPU
+    kernel's loop run by one thread (the last window in row-major order wins)."""
+    import torch.nn.functional as F
+
+    from alexnet_viz.attribution import _unpool2d_in_order
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((2, 3, 55, 55), (1, 4, 13, 13), (2, 2, 8, 8)):
+        x = torch.randn(shape, generator=gen)
+        x[:, :, 2::4, 2::4] = 10.0  # each such maximum is shared by two overlapping 3x3 stride-2 windows
+        pooled, indices = F.max_pool2d(x, 3, 2, 0, 1, False, True)
+        values = torch.randn(pooled.shape, generator=gen)
+        assert len(set(indices[0, 0].flatten().tolist())) < indices[0, 0].numel()  # repeated indices
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the CPU kernel splits N*C*H*W between threads: chunks can race mid-plane
+        try:
+            want = F.max_unpool2d(values, indices, 3, 2, 0, list(x.shape))
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(_unpool2d_in_order(values, indices, 3, 2, 0, list(x.shape)), want)
