@@ -13,8 +13,11 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import hashlib
+import io
 import json
 import logging
+import tempfile
 import threading
 import time
 import uuid
@@ -602,6 +605,64 @@ def _option_visibility(method: str) -> list[Any]:
             METHODS[method].caption if method in METHODS else ""]
 
 
+PNG_LEVEL = 1  # zlib level of the page's pictures: Gradio's 6 costs ~5x the time for ~20% fewer bytes
+
+
+def as_png_files(fn: Callable[..., Any], outputs: list[Any]) -> Callable[..., Any]:
+    """``fn`` for an event: the PIL pictures it returns for ``gr.Image`` outputs become PNG files.
+
+    Each is written at ``PNG_LEVEL`` into Gradio's upload folder once per content, under a temporary name
+    and renamed into place, and named after its component ("conv1-filters.png" when downloaded). Given a PIL
+    image, ``gr.Image`` would encode it at zlib level 6 (~5x the time) and rewrite its content-addressed file
+    on every request (``Path.write_bytes`` truncates first): when a lecture hall gets the same pictures (the
+    conv1 filters, an example's maps), one visitor's download then reads a file another request has just
+    truncated. ``benchmarks/load.py`` saw that as 1 request in 800 failing with "peer closed connection".
+    A path inside the upload folder is served as is, and ``delete_cache`` removes it with the uploads.
+    """
+    stems = [_file_stem(str(o.label or "picture")) if isinstance(o, gr.Image) else None for o in outputs]
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        values = out if isinstance(out, tuple) else (out,)
+        folder = Path(gr.utils.get_upload_folder())
+        files = tuple(_cache_png(v, folder, stem) if stem and isinstance(v, Image.Image) else v
+                      for v, stem in zip(values, stems, strict=False))
+        return files if isinstance(out, tuple) else files[0]
+
+    return wrapper
+
+
+def _file_stem(label: str) -> str:
+    """A download name from a component's label: "conv1 filters" -> "conv1-filters"."""
+    stem = "-".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
+    return stem[:60] or "picture"
+
+
+def _cache_png(image: Image.Image, cache: Path, stem: str) -> str:
+    """``image`` as a PNG file in ``cache``, content-addressed; written atomically, or touched if already there."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=PNG_LEVEL)
+    data = buffer.getvalue()
+    folder = cache / "alexnet-viz" / hashlib.sha256(data).hexdigest()[:32]
+    path = folder / f"{stem}.png"
+    try:
+        os.utime(path)  # already written (by this request's twin): keep it from aging out, serve it
+        return str(path)
+    except FileNotFoundError:
+        pass
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return str(path)
+
+
 def _picture(label: str, value: Any = None, **kwargs: Any) -> gr.Image:
     """An output picture: PNG (lossless maps), download and fullscreen buttons, no share-to-hub button."""
     return gr.Image(value, label=label, format="png", interactive=False, buttons=["download", "fullscreen"],
@@ -721,7 +782,7 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
             api_method = gr.Textbox()
             api_target = gr.Textbox()
             api_label = gr.Label(num_top_classes=5)
-            api_overlay = gr.Image(format="png")
+            api_overlay = gr.Image(format="png", label="Overlay")
             api_predict = gr.Button()
             api_explain = gr.Button()
 
@@ -763,7 +824,36 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
         switched.failure(h.current_model, [session], [arch, device], api_visibility="private", queue=False)
         untrained_box.expand(h.untrained_filters, [session], [untrained], api_visibility="private")
         download.click(h.download, [session], [download], api_visibility="private")
+    for event in demo.fns.values():  # every event's pictures go out as PNG files (see as_png_files)
+        if any(isinstance(o, gr.Image) for o in event.outputs):
+            event.fn = as_png_files(event.fn, event.outputs)
     return demo
+
+
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, fixed: see return_freed_memory()
+
+
+def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Have glibc give large freed blocks (tensors, decoded pictures) back to the system at once.
+
+    glibc serves blocks of 128 KiB and more with mmap, but raises that threshold each time such a block is
+    freed (up to 32 MiB); after a few requests, activations and attribution batches come from the heap arenas,
+    which keep their freed pages. A server with a few worker threads then sits near 1.9 GB after 8 visitors at
+    once instead of 1.2 GB (benchmarks/LOAD.md). Fixing the threshold (what ``MALLOC_MMAP_THRESHOLD_`` does
+    before start) turns that raising off. Returns whether it was set: elsewhere than glibc it does nothing.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)  # the C library this process already runs on
+        libc.gnu_get_libc_version  # noqa: B018  (glibc's: musl has mallopt but no such threshold raising)
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # M_MMAP_THRESHOLD in malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, threshold) == 1)
 
 
 def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "auto",
@@ -771,6 +861,7 @@ def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "
           share: bool = False, block: bool = True) -> gr.Blocks:
     """Load the model, build the page and serve it (``block=False`` returns once it serves: for tests)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return_freed_memory()
     pool = ModelPool(arch, weights, device, num_classes=num_classes, labels=labels)
     if pool.default.weights.warning:
         log.warning(pool.default.weights.warning)

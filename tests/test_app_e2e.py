@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import struct
 import threading
+import zlib
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,7 +17,7 @@ from PIL import Image
 from alexnet_viz.analysis import analyze
 from alexnet_viz.model import load_model
 
-from .conftest import ASSETS, CHROMIUM, Server
+from .conftest import ASSETS, CHROMIUM, ROOT, Server
 
 README_METHODS = ["saliency", "input_x_gradient", "guided_backprop", "deconvolution", "integrated_gradients",
                   "smoothgrad", "gradcam", "guided_gradcam", "occlusion", "deeplift"]
@@ -161,4 +163,38 @@ def test_page_in_chromium(server: Server, tmp_path: Path) -> None:
         hosts = {urlparse(u).hostname for u in requests if not u.startswith(("data:", "blob:"))}
         assert hosts == {"127.0.0.1"}, hosts
         assert errors == []
+        browser.close()
+
+
+def test_page_shows_a_bad_upload_as_one_sentence_and_goes_on(server: Server, tmp_path: Path) -> None:
+    """What a student who drops the wrong file sees: one sentence in a toast, no traceback, and the next image
+    works in the same page."""
+    sync_playwright = _browser_or_skip()
+    from playwright.sync_api import expect
+
+    bad = tmp_path / "shopping-list.png"
+    bad.write_bytes(b"eggs, milk, bread: a text file, not a picture\n" * 10)
+    bomb = tmp_path / "bomb.png"  # a few hundred bytes claiming 50000x50000 pixels
+    header = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data)))
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 999))
+                     + chunk(b"IEND", b""))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(server.url)
+        expect(page.locator("#banner")).to_contain_text("untrained weights", timeout=60_000)
+        upload = page.locator("#image input[type=file]")
+        for path, sentence in ((bad, "not an image alexnet-viz can read (text)"), (bomb, "too many pixels")):
+            upload.set_input_files(str(path))
+            toast = page.get_by_test_id("toast-body").filter(has_text=sentence)
+            expect(toast).to_be_visible(timeout=60_000)
+            page.screenshot(path=str(tmp_path / f"toast-{path.stem}.png"))
+            text = page.locator("body").inner_text()
+            assert "Traceback" not in text and "Error:" not in text and str(ROOT) not in text
+            page.locator("#image").get_by_role("button", name="Remove Image").click()
+        upload.set_input_files(str(ASSETS / "espresso.jpg"))
+        expect(page.locator("#status")).to_contain_text("device cpu", timeout=60_000)
+        expect(page.locator("#top5")).to_contain_text("%")
         browser.close()

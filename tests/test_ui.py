@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import threading
 import zipfile
 from pathlib import Path
 
@@ -176,3 +178,51 @@ def test_untrained_copy_filters_differ_from_the_loaded_ones(h: Handlers, pool: M
     trained = Handlers(ModelPool("torchvision", str(tmp_path / "other.pt"), "cpu"))
     assert not np.array_equal(np.asarray(trained._filters(trained.pool.default)), np.asarray(fresh))
     assert np.array_equal(np.asarray(trained.untrained_filters(None)), np.asarray(fresh))
+
+
+def test_pictures_are_written_once_per_content_atomically_at_png_level_1(pool: ModelPool) -> None:
+    from alexnet_viz.ui import PNG_LEVEL, as_png_files
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    outputs = [gr.Image(label="conv1 filters"), gr.Markdown(), gr.Image(label="!!")]
+    event = as_png_files(lambda im: (im, "text", None), outputs)
+    first, text, nothing = event(image)
+    assert (text, nothing) == ("text", None)  # only pictures for picture outputs are touched
+    path = Path(first)
+    assert path.name == "conv1-filters.png" and path.is_relative_to(Path(gr.utils.get_upload_folder()))
+    expected = io.BytesIO()
+    image.save(expected, format="PNG", compress_level=PNG_LEVEL)
+    assert PNG_LEVEL == 1 and path.read_bytes() == expected.getvalue()
+    with Image.open(path) as back:
+        assert np.array_equal(np.asarray(back), np.asarray(image))
+    inode = path.stat().st_ino
+    # a room of visitors getting the same picture at once: the file is never rewritten under a reader
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def visitor() -> None:
+        try:
+            for _ in range(20):
+                assert event(image.copy())[0] == first
+                seen.append(len(path.read_bytes()))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=visitor) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and set(seen) == {len(expected.getvalue())}
+    assert path.stat().st_ino == inode  # the same file, not rewritten
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left behind
+    assert event(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))[0] != first  # another content, another file
+    assert as_png_files(lambda im: im, [outputs[2]])(image).endswith("/picture.png")
+    # and the page's events are wrapped so: the filters picture of analyze arrives as such a file
+    demo = build_demo(pool)
+    [analyze_event] = [e for e in demo.fns.values() if e.api_name == "analyze"]
+    out = analyze_event.fn({"path": upload("cat.jpg")}, "torchvision", "cpu", "conv1", False, "viridis", None)
+    pictures = [v for v in out if isinstance(v, str) and v.endswith(".png")]
+    assert pictures and all(Path(v).is_file() for v in pictures)
+    assert not any(isinstance(v, Image.Image) for v in out)
