@@ -53,6 +53,7 @@ MAX_FILE_SIZE = "20mb"  # the intake refuses more than 25 MB anyway; Gradio answ
 QUEUE_SIZE = 32  # waiting requests at most; the 33rd visitor is told the app is busy
 CONCURRENCY = 2  # events running at once: a free Space has 2 cores
 SESSION_TTL_S = 2 * 3600  # forget a visitor's results after two hours
+CACHE_SWEEP_S, CACHE_MAX_AGE_S = 1800, 3600  # every 30 min, delete uploads and pictures sent over an hour ago
 # Computing time one request may spend in the slow attribution methods before it is stopped (between two
 # batches). Gradio cannot stop a running sync handler: neither /cancel nor a closed tab ends its thread,
 # which keeps the model lock; the sliders' extremes take minutes on 2 cores (occlusion with stride 4 and
@@ -688,7 +689,7 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
     arch0, device0 = pool.default_key
     examples = _examples()
 
-    with gr.Blocks(title="alexnet-viz", delete_cache=(1800, 3600), analytics_enabled=False) as demo:
+    with gr.Blocks(title="alexnet-viz", delete_cache=(CACHE_SWEEP_S, CACHE_MAX_AGE_S), analytics_enabled=False) as demo:
         session = gr.State(None, time_to_live=SESSION_TTL_S)
         gr.Markdown("## alexnet-viz: what AlexNet computes for your image", elem_id="title")
         banner = gr.HTML(_banner(loaded), elem_id="banner")

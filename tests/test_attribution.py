@@ -247,12 +247,15 @@ def test_smoothgrad_is_reproducible_and_leaves_the_rng_alone(model: nn.Sequentia
     a = attribute(model, x64, "smoothgrad", target=TARGET, samples=4, nt_samples_batch_size=2)
     b = attribute(model, x64, "smoothgrad", target=TARGET, samples=4, nt_samples_batch_size=4)
     assert torch.equal(torch.get_rng_state(), state)
-    assert torch.allclose(a.heatmap, b.heatmap, rtol=1e-4, atol=1e-9)  # same noise, batched differently
+    # same noise, batched differently: equal up to float summation order (tolerances scale with the map, since
+    # other CPUs and BLAS builds round differently; a different noise draw would differ by O(the map))
+    assert torch.allclose(a.heatmap, b.heatmap, rtol=1e-4, atol=1e-5 * float(b.heatmap.abs().max()))
     # No noise: the average of identical gradients is the gradient.
     still = attribute(model, x64, "smoothgrad", target=TARGET, samples=2, sigma=0.0)
     g = input_grad(model, x64)
-    assert torch.allclose(still.raw, g, rtol=1e-4, atol=1e-9)
-    assert torch.allclose(still.heatmap, g.abs().sum(dim=0), rtol=1e-4, atol=1e-9)
+    tol = 1e-5 * float(g.abs().max())
+    assert torch.allclose(still.raw, g, rtol=1e-4, atol=tol)
+    assert torch.allclose(still.heatmap, g.abs().sum(dim=0), rtol=1e-4, atol=tol)
     assert not torch.allclose(a.raw, g, rtol=0.05, atol=1e-7)
 
 

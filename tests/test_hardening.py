@@ -753,3 +753,36 @@ def test_the_server_gives_freed_tensors_back_to_the_system() -> None:
         kept[mode] = int(grown)
     assert kept["default"] >= 150, kept  # glibc's own behaviour: 200 MB freed in a thread stay with the process
     assert kept["fixed"] <= 20, kept  # with the fixed threshold they go back
+
+
+# --- the upload cache stays bounded ------------------------------------------------------------------------------
+
+
+def test_delete_cache_removes_uploads_and_the_pictures_sent(pool: ModelPool) -> None:
+    """`gr.Blocks(delete_cache=...)` is what keeps a public app's disk bounded: every upload and every PNG file
+    the page was sent must be among the files it deletes (Gradio's own sweep, run here with age 0)."""
+    from gradio.route_utils import delete_files_created_by_app
+
+    demo = build_demo(pool)
+    assert demo.delete_cache == (ui.CACHE_SWEEP_S, ui.CACHE_MAX_AGE_S)
+    demo.queue(max_size=8, default_concurrency_limit=2)
+    port = free_port()
+    cache = Path(gr.utils.get_upload_folder())
+    try:
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    show_error=False, enable_monitoring=False, ssr_mode=False, max_file_size="20mb")
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        photo = Image.fromarray(np.random.default_rng(7).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+        source = cache.parent / "delete-cache-test.png"
+        photo.save(source)
+        before = {p for p in cache.rglob("*") if p.is_file()}
+        client.predict(handle_file(str(source)), "torchvision", "cpu", "conv2", False, "viridis", api_name="/analyze")
+        client.predict(handle_file(str(source)), "gradcam", "", api_name="/explain")
+        made = {p for p in cache.rglob("*") if p.is_file()} - before
+        assert any(p.suffix == ".png" and "alexnet-viz" in p.parts for p in made)  # the pictures sent
+        assert any(p.name == "delete-cache-test.png" for p in made)  # the upload
+        delete_files_created_by_app(demo, 0)
+        left = {p for p in made if p.exists()}
+        assert not left, sorted(map(str, left))
+    finally:
+        demo.close()
