@@ -796,8 +796,10 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
         analysis_inputs = [image, arch, device, layer, sort, cmap, session]
         # One event for upload, webcam, paste and example clicks. We decode uploads ourselves
         # (preprocess=False) so that our intake, not Gradio, owns every error message.
+        # Progress (and, on a refused file, Gradio's "Error" badge) on the predictions only: not on the banner,
+        # the status line and every panel at once; the sentence itself is the toast.
         image.change(h.analyze, analysis_inputs, analysis_outputs, api_name="analyze", preprocess=False,
-                     trigger_mode="always_last")
+                     trigger_mode="always_last", show_progress_on=[top5])
         gr.on([layer.input, sort.input, cmap.input], h.show_layer, [session, layer, sort, cmap],
               [grid, layer_info, channel_view, channel], api_name="show_layer")
         gr.on([channel.release, opacity.release, cmap.input], h.show_channel, [session, layer, channel, opacity,
@@ -821,7 +823,8 @@ def build_demo(pool: ModelPool) -> gr.Blocks:
                          api_visibility="private")
         switched.success(
             h.architecture, [arch], [arch_table, arch_chart, arch_text], api_visibility="private").success(
-            h.analyze, analysis_inputs, analysis_outputs, api_visibility="private", preprocess=False)
+            h.analyze, analysis_inputs, analysis_outputs, api_visibility="private", preprocess=False,
+            show_progress_on=[top5])
         switched.failure(h.current_model, [session], [arch, device], api_visibility="private", queue=False)
         untrained_box.expand(h.untrained_filters, [session], [untrained], api_visibility="private")
         download.click(h.download, [session], [download], api_visibility="private")
