@@ -12,6 +12,7 @@ import re
 import struct
 import subprocess
 import sys
+import threading
 import time
 import warnings
 import zlib
@@ -704,6 +705,51 @@ def test_cancelling_over_http_frees_the_model(pool: ModelPool, monkeypatch: pyte
         handle.remove()
         demo.close()
     assert _no_hooks_left(module)
+
+
+@pytest.mark.slow
+def test_a_full_queue_turns_visitors_away_and_then_serves_again(pool: ModelPool) -> None:
+    """More visitors than the queue holds: the extra ones are told at once (Gradio answers 503 "queue full",
+    the page shows it), the queued ones are all served in turn, and the next visitor is served normally."""
+    from gradio_client.utils import QueueError
+
+    module = pool.default.module
+    gate = threading.Event()
+
+    def wait_for_gate(_module: torch.nn.Module, _args: tuple[Any, ...]) -> None:
+        assert gate.wait(120), "the test never opened the gate"
+
+    handle = module.register_forward_pre_hook(wait_for_gate)
+    demo = build_demo(pool)
+    demo.queue(max_size=3, default_concurrency_limit=1)
+    port = free_port()
+    try:
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    show_error=False, enable_monitoring=False, ssr_mode=False, max_file_size="20mb")
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        jobs = []
+        for _ in range(7):  # one runs (held at the gate), three wait, three are turned away
+            jobs.append(client.submit(handle_file(str(ASSETS / "cat.jpg")), api_name="/predict"))
+            time.sleep(0.3)
+        outcomes: list[str] = []
+        turned_away = []
+        for job in jobs[4:]:
+            try:
+                job.result(timeout=30)
+                outcomes.append("served")
+            except QueueError as e:
+                turned_away.append(str(e))
+                outcomes.append("full")
+        assert outcomes == ["full"] * 3, outcomes
+        assert all("full" in message.lower() for message in turned_away), turned_away
+        gate.set()
+        served = [job.result(timeout=60) for job in jobs[:4]]
+        assert [len(out["confidences"]) for out in served] == [5, 5, 5, 5]
+        assert len(client.predict(handle_file(str(ASSETS / "espresso.jpg")), api_name="/predict")["confidences"]) == 5
+    finally:
+        gate.set()
+        handle.remove()
+        demo.close()
 
 
 # --- memory: what a worker thread frees goes back to the system ----------------------------------------------
