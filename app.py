@@ -5,7 +5,7 @@ It takes the same flags as `alexnet-viz serve` (see `python app.py --help`).
 
 import sys
 
-from alexnet_viz.cli import main
+if __name__ == "__main__":  # imports inside: the image decoder's worker process re-runs this file's top level
+    from alexnet_viz.cli import main
 
-if __name__ == "__main__":
     raise SystemExit(main(["serve", *sys.argv[1:]]))

@@ -10,6 +10,7 @@ can act on. Nothing here changes Pillow's global settings.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
 from collections.abc import Callable
@@ -27,6 +28,7 @@ __all__ = [
     "MIN_SIDE",
     "ImageError",
     "ImageSource",
+    "IsolatedDecoder",
     "load_image",
 ]
 
@@ -423,3 +425,99 @@ def _looks_like_text(head: bytes) -> bool:
     # Allow one replacement character: the 4 KB cut may split a multi-byte character.
     controls = sum(1 for c in text if ord(c) < 32 and c not in "\t\n\r\f")
     return text.count("\ufffd") <= 1 and controls == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a decoder the server can lose
+
+
+class IsolatedDecoder:
+    """``load_image(path)`` in a worker process, so that a native decoder that crashes or hangs on a file
+    costs that one request its answer, not every visitor their server.
+
+    The allow-list keeps exotic decoders away, but libjpeg, libpng, libwebp and libtiff run native code on
+    untrusted bytes too. The worker is a plain ``concurrent.futures.ProcessPoolExecutor`` of one spawned
+    process (Pillow and numpy only; ~40 MB); what comes back is the intake's result, at most ``MAX_SIDE``
+    on its long side. A worker that dies is replaced; the request that was in it is tried once more in
+    the new one (it may have been queued behind the culprit), and a file that kills the worker twice is
+    refused in a sentence. A decode that runs past ``timeout_s`` has its worker killed and is refused.
+    Where no worker process can be started at all, decoding stays in this process (logged once).
+    """
+
+    CRASHED = ("This file crashed the image decoder, so it was not read; save it again as a PNG or JPEG "
+               "and try that.")
+
+    def __init__(self, timeout_s: float = 30.0, target: Callable[[str], Image.Image] | None = None) -> None:
+        import threading
+
+        self.timeout_s = timeout_s
+        self._target = target or load_image  # a module-level function: the worker imports it by name
+        self._lock = threading.Lock()
+        self._pool: Any = None
+        self.isolated = True  # False once a worker process cannot be started here at all
+
+    def start(self) -> None:
+        """Start the worker now (a server calls this at start, so its first visitor does not wait)."""
+        self._worker_runs()
+
+    def _worker_runs(self) -> bool:
+        """Whether a worker process can be started and answer; if not, decoding goes on in this process."""
+        pool = self._executor()
+        try:
+            pool.submit(os.getpid).result(timeout=120)
+            return True
+        except Exception as e:  # e.g. a __main__ the spawned interpreter cannot re-import (`python - < script`)
+            self._discard(pool, kill=True)
+            self.isolated = False
+            logging.getLogger(__name__).warning("image decoding stays in the server process: no worker process "
+                                                "could be started (%s: %s)", type(e).__name__, e)
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __call__(self, path: str) -> Image.Image:
+        from concurrent.futures import TimeoutError as FutureTimeout
+        from concurrent.futures.process import BrokenProcessPool
+
+        for attempt in range(2):
+            if not self.isolated:
+                return self._target(os.fspath(path))
+            pool = self._executor()
+            try:
+                image: Image.Image = pool.submit(self._target, os.fspath(path)).result(timeout=self.timeout_s)
+                return image
+            except BrokenProcessPool:
+                self._discard(pool)
+                if attempt and self._worker_runs():  # the worker itself is fine: it is this file
+                    raise ImageError(self.CRASHED) from None
+            except FutureTimeout:
+                self._discard(pool, kill=True)
+                raise ImageError(f"Reading this file took longer than {self.timeout_s:.0f} s, so it was stopped; "
+                                 "save it again as a PNG or JPEG and try that.") from None
+        return self._target(os.fspath(path))  # no worker process can run here at all: decode in this one
+
+    def _executor(self) -> Any:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with self._lock:
+            if self._pool is None:  # spawn: a fresh interpreter, not a fork of a threaded server
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            return self._pool
+
+    def _discard(self, pool: Any, *, kill: bool = False) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        if kill:  # a hung decoder never returns: end its process (terminate_workers is Python >= 3.14)
+            terminate = getattr(pool, "terminate_workers", None)
+            if terminate is not None:
+                terminate()
+            else:
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -39,7 +39,7 @@ from . import render
 from .analysis import Analysis, analyze, explain
 from .architectures import ARCHITECTURES, build_model
 from .attribution import METHODS, Attribution, AttributionError
-from .images import ImageError, load_image
+from .images import ImageError, IsolatedDecoder
 from .model import DeviceError, LoadedModel, available_devices, load_model
 from .summary import summarize
 from .weights import WeightsError
@@ -52,6 +52,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MAX_FILE_SIZE = "20mb"  # the intake refuses more than 25 MB anyway; Gradio answers 413 above this
 QUEUE_SIZE = 32  # waiting requests at most; the 33rd visitor is told the app is busy
 CONCURRENCY = 2  # events running at once: a free Space has 2 cores
+DECODER = IsolatedDecoder(timeout_s=30.0)  # one worker process for the server's uploads
 SESSION_TTL_S = 2 * 3600  # forget a visitor's results after two hours
 CACHE_SWEEP_S, CACHE_MAX_AGE_S = 1800, 3600  # every 30 min, delete uploads and pictures sent over an hour ago
 # Computing time one request may spend in the slow attribution methods before it is stopped (between two
@@ -315,9 +316,11 @@ def _event_gone(current: Any) -> bool:
 class Handlers:
     """Everything the page does, as plain methods; ``build_demo`` wires them to components."""
 
-    def __init__(self, pool: ModelPool, *, time_limit_s: float = SLOW_LIMIT_S) -> None:
+    def __init__(self, pool: ModelPool, *, time_limit_s: float = SLOW_LIMIT_S,
+                 decode: Callable[[str], Image.Image] | None = None) -> None:
         self.pool = pool
         self.time_limit_s = time_limit_s  # the slow attributions of one request stop after this
+        self.decode = decode or DECODER  # uploads are decoded in a worker process: a crash costs one request
 
     # --- the model ---------------------------------------------------------------------------------
 
@@ -341,7 +344,7 @@ class Handlers:
         loaded = self.model_for(session, arch, device)
         timings: dict[str, float] = {}
         with _timed(timings, "total"):
-            result = analyze(loaded, load_image(_upload_path(image)))
+            result = analyze(loaded, self.decode(_upload_path(image)))
             session = Session(arch=loaded.arch, device=str(loaded.device), analysis=result)
             with _timed(timings, "saliency"):
                 session.attributions["saliency"] = explain(loaded, result, "saliency")
@@ -581,7 +584,7 @@ class Handlers:
     @friendly("classifying the image")
     def predict_api(self, image: Any) -> dict[str, float]:
         """Image -> the top-5 classes with their probabilities (the default model)."""
-        return _label(analyze(self.pool.default, load_image(_upload_path(image))))
+        return _label(analyze(self.pool.default, self.decode(_upload_path(image))))
 
     @friendly("explaining the image")
     def explain_api(self, image: Any, method: str, target: str | None) -> Image.Image:
@@ -589,7 +592,7 @@ class Handlers:
         if method not in METHODS:
             raise gr.Error(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.", print_exception=False)
         loaded = self.pool.default
-        result = analyze(loaded, load_image(_upload_path(image)))
+        result = analyze(loaded, self.decode(_upload_path(image)))
         attr = explain(loaded, result, method, target=target or None, progress=_Bounded(None, self.time_limit_s))
         return render.attribution_overlay(result.view, attr.heatmap, alpha=0.6, signed=attr.signed)
 
@@ -866,6 +869,7 @@ def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "
     """Load the model, build the page and serve it (``block=False`` returns once it serves: for tests)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return_freed_memory()
+    DECODER.start()
     pool = ModelPool(arch, weights, device, num_classes=num_classes, labels=labels)
     if pool.default.weights.warning:
         log.warning(pool.default.weights.warning)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -832,3 +834,79 @@ def test_delete_cache_removes_uploads_and_the_pictures_sent(pool: ModelPool) -> 
         assert not left, sorted(map(str, left))
     finally:
         demo.close()
+
+
+# --- a decoder that crashes or hangs costs one request, not the server ------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_crashing_or_hanging_decoder_costs_one_request(tmp_path: Path, pool: ModelPool) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from alexnet_viz.images import IsolatedDecoder
+
+    from . import crashing_decoder
+
+    good = tmp_path / "photo.png"
+    _photo().save(good)
+    crash, hang = tmp_path / "crash.png", tmp_path / "hang.png"
+    shutil.copy(good, crash)
+    shutil.copy(good, hang)
+    decoder = IsolatedDecoder(timeout_s=3.0, target=crashing_decoder.decode)
+    try:
+        expected = np.asarray(load_image(good))
+        assert np.array_equal(np.asarray(decoder(str(good))), expected)  # the worker's result is the intake's
+        with pytest.raises(ImageError) as caught:
+            decoder(str(crash))
+        assert str(caught.value) == IsolatedDecoder.CRASHED
+        assert_friendly(str(caught.value))
+        assert np.array_equal(np.asarray(decoder(str(good))), expected)  # a new worker took over
+        t0 = time.monotonic()
+        with pytest.raises(ImageError, match=r"took longer than 3 s, so it was stopped") as caught:
+            decoder(str(hang))
+        assert time.monotonic() - t0 < 20
+        assert_friendly(str(caught.value))
+        assert np.array_equal(np.asarray(decoder(str(good))), expected)
+        # a visitor whose image was queued behind the crash is still served (tried again in the new worker)
+        with ThreadPoolExecutor(2) as threads:
+            bad_one = threads.submit(decoder, str(crash))
+            time.sleep(0.05)
+            good_one = threads.submit(decoder, str(good))
+            assert np.array_equal(np.asarray(good_one.result(timeout=60)), expected)
+            with pytest.raises(ImageError):
+                bad_one.result(timeout=60)
+        # and through the page: a sentence, then the next upload is analysed
+        h = Handlers(pool, decode=decoder)
+        with pytest.raises(gr.Error) as page:
+            _page_analyze(h, upload(crash, folder="crash"))
+        assert page.value.message == IsolatedDecoder.CRASHED
+        assert len(_page_analyze(h, upload(good, folder="crash"))[1]) == 5
+    finally:
+        decoder.close()
+
+
+def test_the_server_decodes_uploads_in_a_worker_process(h: Handlers) -> None:
+    from alexnet_viz.images import IsolatedDecoder
+
+    from . import crashing_decoder
+
+    assert isinstance(h.decode, IsolatedDecoder) and h.decode is ui.DECODER
+    worker = IsolatedDecoder(target=crashing_decoder.pid)
+    try:
+        assert worker(str(ASSETS / "cat.jpg")) != os.getpid()
+    finally:
+        worker.close()
+
+
+def test_where_no_worker_can_start_decoding_stays_in_process(tmp_path: Path) -> None:
+    """`python - < script` has a __main__ a spawned interpreter cannot re-import: that must not read as
+    'this file crashed the decoder' for every upload; the decoder says so in the log and decodes here."""
+    script = ("from alexnet_viz.images import IsolatedDecoder\n"
+              "d = IsolatedDecoder()\n"
+              f"image = d({str(ASSETS / 'cat.jpg')!r})\n"
+              "print(d.isolated, image.size)\n")
+    run = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[0] == f"False {load_image(ASSETS / 'cat.jpg').size}"
+    assert "image decoding stays in the server process" in run.stderr
