@@ -485,29 +485,39 @@ class IsolatedDecoder:
 
         for attempt in range(2):
             if not self.isolated:
-                return self._target(os.fspath(path))
-            pool = self._executor()
+                break
+            # the shared worker first; after it died, a worker of this request's own, so that a file that
+            # kills it again cannot take another visitor's retry down with it
+            pool = self._executor() if attempt == 0 else self._new_pool()
             try:
                 image: Image.Image = pool.submit(self._target, os.fspath(path)).result(timeout=self.timeout_s)
                 return image
             except BrokenProcessPool:
                 self._discard(pool)
-                if attempt and self._worker_runs():  # the worker itself is fine: it is this file
+                if attempt and self._worker_runs():  # a worker can run: it was this file
                     raise ImageError(self.CRASHED) from None
             except FutureTimeout:
                 self._discard(pool, kill=True)
                 raise ImageError(f"Reading this file took longer than {self.timeout_s:.0f} s, so it was stopped; "
                                  "save it again as a PNG or JPEG and try that.") from None
+            finally:
+                if attempt:
+                    pool.shutdown(wait=False, cancel_futures=True)
         return self._target(os.fspath(path))  # no worker process can run here at all: decode in this one
 
     def _executor(self) -> Any:
+        with self._lock:
+            if self._pool is None:
+                self._pool = self._new_pool()
+            return self._pool
+
+    @staticmethod
+    def _new_pool() -> Any:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with self._lock:
-            if self._pool is None:  # spawn: a fresh interpreter, not a fork of a threaded server
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-            return self._pool
+        # spawn: a fresh interpreter, never a fork of a server with threads and a model in memory
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
 
     def _discard(self, pool: Any, *, kill: bool = False) -> None:
         with self._lock:
