@@ -437,10 +437,10 @@ class IsolatedDecoder:
 
     The allow-list keeps exotic decoders away, but libjpeg, libpng, libwebp and libtiff run native code on
     untrusted bytes too. The worker is a plain ``concurrent.futures.ProcessPoolExecutor`` of one spawned
-    process (Pillow and numpy only; ~40 MB); what comes back is the intake's result, at most ``MAX_SIDE``
-    on its long side. A worker that dies is replaced; the request that was in it is tried once more in
-    the new one (it may have been queued behind the culprit), and a file that kills the worker twice is
-    refused in a sentence. A decode that runs past ``timeout_s`` has its worker killed and is refused.
+    process (Pillow and numpy only; 43 MB); what comes back is the intake's result, at most ``MAX_SIDE``
+    on its long side. A worker that dies is replaced; each request that was in it is tried once more in a
+    worker of its own (it may only have been queued behind the culprit), and a file that kills that one
+    too is refused in a sentence. A decode that runs past ``timeout_s`` has its worker killed and is refused.
     Where no worker process can be started at all, decoding stays in this process (logged once).
     """
 
