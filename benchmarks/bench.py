@@ -640,8 +640,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM (peak RSS) of a process in kB."""
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM (peak RSS) of a process in kB (``benchmarks/load.py`` reads the server's with it too)."""
     out = {}
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -663,6 +663,37 @@ def wait_until_serving(url: str, proc: subprocess.Popen[bytes], t0: float, timeo
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"{url} was not serving after {timeout} s")
+
+
+@contextlib.contextmanager
+def launched_app(tmp: Path, *, port: int | None = None, extra_env: Mapping[str, str] | None = None,
+                 timeout: float = 120.0) -> Iterator[tuple[str, subprocess.Popen[bytes], float]]:
+    """``python app.py --weights none --device cpu`` on 127.0.0.1 with its own upload folder (``tmp/uploads``)
+    and torch cache, its output in ``tmp/app.log`` (printed if anything fails); yields (url, process, seconds
+    until /config answered 200) and stops the app afterwards. ``benchmarks/load.py`` drives it too."""
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "uploads"), "PYTHONUNBUFFERED": "1",
+           "TORCH_HOME": str(tmp / "torch"), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+           **(extra_env or {})}
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = tmp / "app.log"
+    with log.open("wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--weights", "none", "--device", "cpu",
+                                 "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+        try:
+            yield url, proc, wait_until_serving(url, proc, t0, timeout)
+        except Exception:
+            print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+            raise
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _requests(url: str, image: Path) -> list[str]:
@@ -687,40 +718,19 @@ def cold_start(*, runs: int, warmup: int, image: Path, extra_env: Mapping[str, s
     after the last, a few requests, then the app's peak RSS (VmHWM)."""
     stat, memory = Stat(load=os.getloadavg()[0]), {}
     for i in range(warmup + runs):
-        with tempfile.TemporaryDirectory(prefix="alexnet-viz-bench-") as tmp:
-            env = {**os.environ, "GRADIO_TEMP_DIR": str(Path(tmp) / "uploads"), "PYTHONUNBUFFERED": "1",
-                   "TORCH_HOME": str(Path(tmp) / "torch"), "GRADIO_ANALYTICS_ENABLED": "False",
-                   "HF_HUB_OFFLINE": "1", **(extra_env or {})}
-            port = free_port()
-            log = Path(tmp) / "app.log"
-            with log.open("wb") as out:
-                t0 = time.perf_counter()
-                proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--weights", "none", "--device",
-                                         "cpu", "--port", str(port)], cwd=ROOT, env=env, stdout=out,
-                                        stderr=subprocess.STDOUT)
+        with tempfile.TemporaryDirectory(prefix="alexnet-viz-bench-") as tmp, \
+                launched_app(Path(tmp), extra_env=extra_env) as (url, proc, seconds):
+            if i >= warmup:
+                stat.wall.append(seconds)
+            if measure_memory and i == warmup + runs - 1:
+                memory["idle_rss_mb"] = _r(proc_status(proc.pid).get("VmRSS", 0) * 1024 / 1e6)
                 try:
-                    seconds = wait_until_serving(f"http://127.0.0.1:{port}/", proc, t0)
-                    if i >= warmup:
-                        stat.wall.append(seconds)
-                    if measure_memory and i == warmup + runs - 1:
-                        memory["idle_rss_mb"] = _r(_proc_status(proc.pid).get("VmRSS", 0) * 1024 / 1e6)
-                        try:
-                            memory["requests"] = _requests(f"http://127.0.0.1:{port}/", image)
-                        except Exception as e:  # gradio_client missing or a request failed: still report
-                            memory["requests_error"] = f"{type(e).__name__}: {e}"[:300]
-                        status = _proc_status(proc.pid)
-                        memory["peak_rss_mb"] = _r(status.get("VmHWM", 0) * 1024 / 1e6)
-                        memory["rss_mb"] = _r(status.get("VmRSS", 0) * 1024 / 1e6)
-                except Exception:
-                    print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
-                    raise
-                finally:
-                    proc.terminate()
-                    try:
-                        proc.wait(20)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                    memory["requests"] = _requests(url, image)
+                except Exception as e:  # gradio_client missing or a request failed: still report
+                    memory["requests_error"] = f"{type(e).__name__}: {e}"[:300]
+                status = proc_status(proc.pid)
+                memory["peak_rss_mb"] = _r(status.get("VmHWM", 0) * 1024 / 1e6)
+                memory["rss_mb"] = _r(status.get("VmRSS", 0) * 1024 / 1e6)
         gc.collect()
     return stat, memory
 

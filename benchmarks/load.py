@@ -36,21 +36,18 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench import free_port, launched_app, proc_status  # benchmarks/bench.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
@@ -62,54 +59,9 @@ LAYERS = ["conv2", "conv5", "relu3", "pool1"]
 # --- the server -------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def launched(tmp: Path, port: int) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    """`python app.py --weights none` on 127.0.0.1:port, with its own upload cache; stopped afterwards."""
-    uploads = tmp / "server-uploads"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "GRADIO_TEMP_DIR": str(uploads), "TORCH_HOME": str(tmp / "torch")}
-    log = (tmp / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--weights", "none", "--device", "cpu",
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        t0 = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the app exited with code {proc.returncode}; see {tmp / 'server.log'}")
-            if time.monotonic() - t0 > 180:
-                raise TimeoutError("the app was not serving after 180 s")
-            try:
-                with urllib.request.urlopen(url + "config", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.25)
-        yield url, proc, uploads
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
 def memory(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM of a process, in MB."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) / 1024
-    return out
+    return {key: kb / 1024 for key, kb in proc_status(pid).items()}
 
 
 def cache(folder: Path) -> dict[str, float]:
@@ -406,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"computing the expected results of {len(images)} images locally ...", flush=True)
             expected = expectations(images)
         port = args.port or free_port()
-        with launched(tmp, port) as (url, proc, uploads):
+        with launched_app(tmp, port=port, timeout=180) as (url, proc, _):
+            uploads = tmp / "uploads"
             report: dict[str, Any] = {
                 "command": "python benchmarks/load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -441,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["cache"]["after_churn"] = cache(uploads)
                 print(table(f"churn ({args.churn} new visitors)", report["churn"]), flush=True)
             alive = proc.poll() is None
-            log = (tmp / "server.log").read_text(errors="replace")
+            log = (tmp / "app.log").read_text(errors="replace")
         report["server"]["alive_at_end"] = alive
         report["server"]["tracebacks_in_log"] = log.count("Traceback")
         report["server"]["traceback_samples"] = tracebacks(log)[:3]
