@@ -873,8 +873,13 @@ def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "
     pool = ModelPool(arch, weights, device, num_classes=num_classes, labels=labels)
     if pool.default.weights.warning:
         log.warning(pool.default.weights.warning)
-    demo = build_demo(pool)
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+    return launch(build_demo(pool), host=host, port=port, share=share, block=block)
+
+
+def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
+           queue_size: int = QUEUE_SIZE, concurrency: int = CONCURRENCY) -> gr.Blocks:
+    """Queue and serve a page from ``build_demo`` with the public app's settings (tests use smaller queues)."""
+    demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     demo.launch(
         server_name=host,
         server_port=port,

@@ -18,6 +18,8 @@ import threading
 import time
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -666,6 +668,17 @@ def test_a_visitor_who_leaves_stops_the_attribution(leave: str) -> None:
     assert ui._Bounded(None, 3600).event is None and ui._current_event() is None  # outside Gradio: time only
 
 
+@contextmanager
+def _app_in_process(pool: ModelPool, **queue: int) -> Iterator[tuple[gr.Blocks, Client]]:
+    """The page, queued and launched by ``ui.launch`` with the app's settings, on a free port of this process
+    (so a test can hook the model it serves); closed afterwards."""
+    demo = ui.launch(build_demo(pool), port=free_port(), block=False, **queue)
+    try:
+        yield demo, Client(demo.local_url, verbose=False)
+    finally:
+        demo.close()
+
+
 @pytest.mark.slow
 def test_cancelling_over_http_frees_the_model(pool: ModelPool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Gradio's /cancel (what gradio_client's Job.cancel and the page's Stop do) cannot stop a running sync
@@ -678,34 +691,28 @@ def test_cancelling_over_http_frees_the_model(pool: ModelPool, monkeypatch: pyte
         time.sleep(0.4)
 
     handle = module.register_forward_pre_hook(slow_batch)
-    demo = build_demo(pool)
-    demo.queue(max_size=8, default_concurrency_limit=2)
-    port = free_port()
     try:
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    show_error=False, enable_monitoring=False, ssr_mode=False, max_file_size="20mb")
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        # /explain: one forward pass to analyse, then occlusion's unoccluded pass and 11 batches of windows
-        job = client.submit(handle_file(str(ASSETS / "cat.jpg")), "occlusion", "", api_name="/explain")
-        deadline = time.monotonic() + 60
-        while len(calls) < 4 and time.monotonic() < deadline:  # the attribution is running
-            time.sleep(0.05)
-        assert len(calls) >= 4
-        assert job.cancel()
-        cancelled_at = len(calls)
-        deadline = time.monotonic() + 60
-        free = False
-        while not free and time.monotonic() < deadline:
-            free = MODEL_LOCK.acquire(timeout=0.1)
-        assert free, "the attribution kept the model after its visitor cancelled"
-        MODEL_LOCK.release()
-        stopped_at = len(calls)
-        assert stopped_at <= cancelled_at + 2 < 13  # stopped at the next batch, not after all 13 passes
-        time.sleep(1.0)
-        assert len(calls) == stopped_at  # nothing runs on behind the visitor's back
+        with _app_in_process(pool, queue_size=8) as (_, client):
+            # /explain: one forward pass to analyse, then occlusion's unoccluded pass and 11 batches of windows
+            job = client.submit(handle_file(str(ASSETS / "cat.jpg")), "occlusion", "", api_name="/explain")
+            deadline = time.monotonic() + 60
+            while len(calls) < 4 and time.monotonic() < deadline:  # the attribution is running
+                time.sleep(0.05)
+            assert len(calls) >= 4
+            assert job.cancel()
+            cancelled_at = len(calls)
+            deadline = time.monotonic() + 60
+            free = False
+            while not free and time.monotonic() < deadline:
+                free = MODEL_LOCK.acquire(timeout=0.1)
+            assert free, "the attribution kept the model after its visitor cancelled"
+            MODEL_LOCK.release()
+            stopped_at = len(calls)
+            assert stopped_at <= cancelled_at + 2 < 13  # stopped at the next batch, not after all 13 passes
+            time.sleep(1.0)
+            assert len(calls) == stopped_at  # nothing runs on behind the visitor's back
     finally:
         handle.remove()
-        demo.close()
     assert _no_hooks_left(module)
 
 
@@ -722,36 +729,31 @@ def test_a_full_queue_turns_visitors_away_and_then_serves_again(pool: ModelPool)
         assert gate.wait(120), "the test never opened the gate"
 
     handle = module.register_forward_pre_hook(wait_for_gate)
-    demo = build_demo(pool)
-    demo.queue(max_size=3, default_concurrency_limit=1)
-    port = free_port()
     try:
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    show_error=False, enable_monitoring=False, ssr_mode=False, max_file_size="20mb")
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        jobs = []
-        for _ in range(7):  # one runs (held at the gate), three wait, three are turned away
-            jobs.append(client.submit(handle_file(str(ASSETS / "cat.jpg")), api_name="/predict"))
-            time.sleep(0.3)
-        outcomes: list[str] = []
-        turned_away = []
-        for job in jobs[4:]:
-            try:
-                job.result(timeout=30)
-                outcomes.append("served")
-            except QueueError as e:
-                turned_away.append(str(e))
-                outcomes.append("full")
-        assert outcomes == ["full"] * 3, outcomes
-        assert all("full" in message.lower() for message in turned_away), turned_away
-        gate.set()
-        served = [job.result(timeout=60) for job in jobs[:4]]
-        assert [len(out["confidences"]) for out in served] == [5, 5, 5, 5]
-        assert len(client.predict(handle_file(str(ASSETS / "espresso.jpg")), api_name="/predict")["confidences"]) == 5
+        with _app_in_process(pool, queue_size=3, concurrency=1) as (_, client):
+            jobs = []
+            for _ in range(7):  # one runs (held at the gate), three wait, three are turned away
+                jobs.append(client.submit(handle_file(str(ASSETS / "cat.jpg")), api_name="/predict"))
+                time.sleep(0.3)
+            outcomes: list[str] = []
+            turned_away = []
+            for job in jobs[4:]:
+                try:
+                    job.result(timeout=30)
+                    outcomes.append("served")
+                except QueueError as e:
+                    turned_away.append(str(e))
+                    outcomes.append("full")
+            assert outcomes == ["full"] * 3, outcomes
+            assert all("full" in message.lower() for message in turned_away), turned_away
+            gate.set()
+            served = [job.result(timeout=60) for job in jobs[:4]]
+            assert [len(out["confidences"]) for out in served] == [5, 5, 5, 5]
+            after = client.predict(handle_file(str(ASSETS / "espresso.jpg")), api_name="/predict")
+            assert len(after["confidences"]) == 5
     finally:
         gate.set()
         handle.remove()
-        demo.close()
 
 
 # --- memory: what a worker thread frees goes back to the system ----------------------------------------------
@@ -811,15 +813,9 @@ def test_delete_cache_removes_uploads_and_the_pictures_sent(pool: ModelPool) -> 
     the page was sent must be among the files it deletes (Gradio's own sweep, run here with age 0)."""
     from gradio.route_utils import delete_files_created_by_app
 
-    demo = build_demo(pool)
-    assert demo.delete_cache == (ui.CACHE_SWEEP_S, ui.CACHE_MAX_AGE_S)
-    demo.queue(max_size=8, default_concurrency_limit=2)
-    port = free_port()
     cache = Path(gr.utils.get_upload_folder())
-    try:
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    show_error=False, enable_monitoring=False, ssr_mode=False, max_file_size="20mb")
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with _app_in_process(pool, queue_size=8) as (demo, client):
+        assert demo.delete_cache == (ui.CACHE_SWEEP_S, ui.CACHE_MAX_AGE_S)
         photo = Image.fromarray(np.random.default_rng(7).integers(0, 256, (90, 120, 3), dtype=np.uint8))
         source = cache.parent / "delete-cache-test.png"
         photo.save(source)
@@ -832,8 +828,6 @@ def test_delete_cache_removes_uploads_and_the_pictures_sent(pool: ModelPool) -> 
         delete_files_created_by_app(demo, 0)
         left = {p for p in made if p.exists()}
         assert not left, sorted(map(str, left))
-    finally:
-        demo.close()
 
 
 # --- a decoder that crashes or hangs costs one request, not the server ------------------------------------------
