@@ -575,7 +575,7 @@ class Handlers:
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:  # PNGs are compressed already
             for name, image in files.items():
                 with z.open(name, "w") as f:
-                    image.save(f, format="PNG", compress_level=1)
+                    image.save(f, format="PNG", compress_level=PNG_LEVEL)
             z.writestr("result.json", json.dumps(meta, indent=2))
         return str(path)
 

@@ -442,7 +442,6 @@ def encode_png(pictures: Sequence[Any], compress_level: int | None = None, *, gr
     once per content into the upload folder), or with Gradio's own encoder (``gradio=True``: what
     ``gr.Image(format="png")`` does to a returned PIL image, Pillow's default level 6), or bare at
     ``compress_level``; returns the bytes written."""
-    total = 0
     if gradio:
         from gradio.processing_utils import encode_pil_to_bytes
 
@@ -454,6 +453,7 @@ def encode_png(pictures: Sequence[Any], compress_level: int | None = None, *, gr
 
         folder = Path(gr.utils.get_upload_folder())
         return sum(Path(_cache_png(picture, folder, "bench")).stat().st_size for picture in pictures)
+    total = 0
     for picture in pictures:
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG", compress_level=compress_level)

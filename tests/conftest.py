@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,25 +28,10 @@ def gradio_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until_serving(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> float:
-    """Poll Gradio's config route until it answers 200; fail at once if the server died."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited early with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "config", timeout=2) as response:
-                if response.status == 200:
-                    return time.perf_counter() - t0
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} was not serving after {timeout} s")
+# The app is launched, waited for and stopped the way the benchmarks do it (benchmarks/bench.py).
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench import free_port as free_port  # noqa: E402  (re-exported for the tests)
+from bench import launched_app  # noqa: E402
 
 
 def upload(source: Path | str, image: object = None, *, folder: str = "test") -> str:
@@ -87,22 +69,8 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`python app.py --weights none --port P`, exactly as a user starts it."""
-    port = free_port()
+    """`python app.py --weights none --port P`, exactly as a user starts it (no cached ImageNet weights in its
+    own TORCH_HOME: the untrained banner shows; its uploads in its own folder, its output in `log`)."""
     tmp = tmp_path_factory.mktemp("server")
-    log = tmp / "server.log"
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "uploads"), "PYTHONUNBUFFERED": "1",
-           "TORCH_HOME": str(tmp / "torch")}  # no cached ImageNet weights: the untrained banner shows
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--weights", "none", "--device", "cpu",
-                                 "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}/"
-        try:
-            startup = wait_until_serving(url, proc)
-            yield Server(url, log, startup, proc)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with launched_app(tmp) as (url, proc, startup):
+        yield Server(url, tmp / "app.log", startup, proc)

@@ -300,8 +300,6 @@ def test_corpus_through_the_console_script(corpus: dict[str, Path], tmp_path: Pa
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONWARNINGS": "ignore"}
 
 
