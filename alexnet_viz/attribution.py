@@ -59,6 +59,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import UserError, is_out_of_memory
+
 __all__ = [
     "METHODS",
     "MODEL_LOCK",
@@ -81,11 +83,11 @@ MODEL_LOCK = threading.Lock()
 """Held around every attribution: Captum's hook-based methods temporarily change the shared model."""
 
 
-class AttributionError(RuntimeError):
+class AttributionError(UserError):
     """A failure to show the visitor as one plain sentence."""
 
 
-class OptionError(AttributionError, ValueError):
+class OptionError(AttributionError):
     """A bad method name, option, layer, target or input: a ValueError the UI can show as is."""
 
 
@@ -287,7 +289,7 @@ def attribute(
             ):
                 raw, heatmap, delta = _RUNNERS[spec.name](_Call(model, x0, target, opts, layer_module))
         except (MemoryError, RuntimeError) as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
-            if not _is_out_of_memory(err):
+            if not is_out_of_memory(err):
                 raise
             if x0.is_cuda:
                 torch.cuda.empty_cache()
@@ -483,15 +485,6 @@ _RUNNERS: dict[str, Callable[[_Call], Result]] = {
 
 
 # ---- checks ----
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    # CUDA raises OutOfMemoryError; CPU allocations MemoryError or "DefaultCPUAllocator: not enough
-    # memory"; MPS a plain RuntimeError "... out of memory".
-    text = str(err).lower()
-    return isinstance(err, MemoryError | torch.cuda.OutOfMemoryError) or any(
-        phrase in text for phrase in ("out of memory", "not enough memory")
-    )
-
 
 def _resolve_options(spec: MethodSpec, given: Mapping[str, Any]) -> dict[str, float | int]:
     known = {opt.name for opt in spec.options}

@@ -19,6 +19,8 @@ from typing import Any, BinaryIO, TypeAlias, TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import UserError
+
 __all__ = [
     "ALLOWED_FORMATS",
     "MAX_ASPECT",
@@ -49,7 +51,7 @@ _FORMAT_NAMES = {"WEBP": "WebP", "MPO": "JPEG"}  # Pillow's plugin names, as peo
 _WHITE = (255, 255, 255)
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image that alexnet-viz cannot take in; `str(error)` is a plain sentence for the user."""
 
 

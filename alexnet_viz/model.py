@@ -14,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from .architectures import ARCHITECTURES, build_model, conv_layer_names, visible_layer_names
+from .errors import UserError
 from .weights import (
     IMAGENET,
     WeightsError,
@@ -26,7 +27,7 @@ from .weights import (
 __all__ = ["DeviceError", "LoadedModel", "WeightsInfo", "available_devices", "load_model", "resolve_device"]
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError):
     """A device that is not available here; the message says why."""
 
 

@@ -30,6 +30,7 @@ from torchvision import datasets
 from torchvision.transforms import v2 as T
 
 from .architectures import ARCHITECTURES, build_model
+from .errors import UserError
 from .images import ImageError, load_image
 from .model import resolve_device
 from .weights import WeightsError
@@ -41,7 +42,7 @@ FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t1
                        "t10k-labels-idx1-ubyte")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Training data that cannot be used; the message says what to do."""
 
 

@@ -39,6 +39,7 @@ from . import render
 from .analysis import Analysis, analyze, explain
 from .architectures import ARCHITECTURES, build_model
 from .attribution import METHODS, Attribution, AttributionError
+from .errors import is_out_of_memory
 from .images import ImageError, IsolatedDecoder
 from .model import DeviceError, LoadedModel, available_devices, load_model
 from .summary import summarize
@@ -161,7 +162,7 @@ def friendly(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
                 raise gr.Error(f"The server ran out of memory while {what}; please try a smaller image.",
                                print_exception=False) from None
             except RuntimeError as e:  # torch.cuda.OutOfMemoryError, MPS's "... out of memory"
-                if not _out_of_memory(e):
+                if not is_out_of_memory(e):
                     log.exception("unexpected error while %s", what)
                     raise gr.Error(f"Something went wrong while {what}; please try again.",
                                    print_exception=False) from None
@@ -176,11 +177,6 @@ def friendly(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         return wrapper
 
     return decorate
-
-
-def _out_of_memory(error: BaseException) -> bool:
-    text = str(error).lower()
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in text or "not enough memory" in text
 
 
 def _free_accelerator_memory() -> None:

@@ -22,6 +22,7 @@ from torch import nn
 from torchvision.models import AlexNet_Weights
 
 from .architectures import torchvision_key_map
+from .errors import UserError
 
 __all__ = [
     "IMAGENET",
@@ -40,7 +41,7 @@ IMAGENET = AlexNet_Weights.IMAGENET1K_V1
 DOWNLOAD_TIMEOUT_S = 30.0  # a lecture hall's Wi-Fi must not hang the app's start forever
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A weights source that cannot be used; the message is one plain sentence that says what to do."""
 
 
