@@ -8,7 +8,8 @@ looked up in a colormap table that matplotlib builds once per name. numpy only t
 cost more in page faults than in arithmetic (the same 1300 px grid gathered in numpy took 3-4x as long).
 
 Inputs may be numpy arrays or torch tensors (anything with `.detach()`); torch is never imported here.
-Text uses Pillow's bundled font (`ImageFont.load_default(size=...)`), so nothing is fetched at runtime.
+Text uses the DejaVu Sans fonts that matplotlib ships (every glyph the page uses: "×", "–", "→", "≥",
+accents), so nothing is fetched at runtime; Pillow's bundled font is only a fallback if they are missing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, TypeAlias
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -25,7 +27,9 @@ __all__ = [
     "BAR_COLOR",
     "MAC_COLOR",
     "PARAM_COLOR",
+    "SELECT_COLOR",
     "WHITE",
+    "Opacity",
     "attribution_overlay",
     "channel_overlay",
     "colorbar",
@@ -273,6 +277,81 @@ def _magnify(
     return out
 
 
+SELECT_COLOR: RGB = (255, 0, 255)  # the selected tile's ring: magenta, in none of the colormaps used here
+_TAG_BACK: RGB = (0, 0, 0)  # tile numbers: white on black reads over any colour
+_TAG_MIN_FONT, _TAG_MAX_FONT = 17, 28  # px; DejaVu Sans Bold digits are 0.73 em: 12..20 px tall
+
+
+@functools.lru_cache(maxsize=4096)
+def _number_tag(text: str, size: int) -> Image.Image:
+    """`text` in white bold digits on a black box, cropped tight; drawn once per (text, size)."""
+    font = _font(size, bold=True)
+    _, top, _, bottom = font.getbbox("0123456789")  # one height for every number, whatever its digits
+    pad_x, pad_y = max(2, size // 6), max(2, size // 8)
+    tag = Image.new("RGB", (_text_width(font, text) + 2 * pad_x, int(bottom - top) + 2 * pad_y), _TAG_BACK)
+    ImageDraw.Draw(tag).text((pad_x, pad_y - top), text, font=font, fill=WHITE)
+    return tag
+
+
+def _tag_size(tile_w: int, tile_h: int, widest: str) -> int | None:
+    """The font size for tile numbers on tiles `tile_w` x `tile_h` px, or None if no legible one fits.
+
+    About a fifth of the tile side, from 17 px (digits 12 px tall) to 28 px; the tag of the widest
+    number must cover at most 4/5 of the tile's width and 2/5 of its height, so the map stays visible.
+    """
+    size = min(max(round(min(tile_w, tile_h) / 5), _TAG_MIN_FONT), _TAG_MAX_FONT)
+    tag = _number_tag(widest, size)
+    if tag.width > 0.8 * tile_w or tag.height > 0.4 * tile_h:
+        return None
+    return size
+
+
+def _ring_width(tile_w: int, tile_h: int) -> int:
+    return min(max(round(min(tile_w, tile_h) / 12), 4), 8)
+
+
+def _mark_tiles(
+    image: Image.Image,
+    channels: Sequence[int],
+    cols: int,
+    tile_w: int,
+    tile_h: int,
+    gap: int,
+    *,
+    numbers: bool,
+    selected: int | None,
+) -> None:
+    """Draw, in place and inside the tiles only, each tile's channel number and the selected tile's ring.
+
+    Tile i (row-major) shows channel `channels[i]` and occupies the `tile_w` x `tile_h` px at
+    (col * (tile_w + gap), row * (tile_h + gap)): nothing is drawn in the gaps, so `tile_at` still inverts
+    the layout.
+    """
+    ring = _ring_width(tile_w, tile_h)
+    chosen = channels.index(selected) if selected is not None and selected in channels else None
+    if numbers:
+        size = _tag_size(tile_w, tile_h, str(max(channels)))
+        if size is not None:
+            for i, ch in enumerate(channels):
+                r, c = divmod(i, cols)
+                inset = ring if i == chosen else 0  # inside the ring, not under it
+                image.paste(_number_tag(str(ch), size), (c * (tile_w + gap) + inset, r * (tile_h + gap) + inset))
+    if chosen is not None:
+        r, c = divmod(chosen, cols)
+        x0, y0 = c * (tile_w + gap), r * (tile_h + gap)
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((x0, y0, x0 + tile_w - 1, y0 + tile_h - 1), outline=SELECT_COLOR, width=ring)
+        if tile_w > 2 * ring + 2 and tile_h > 2 * ring + 2:  # a thin black line inside: shows on light maps
+            draw.rectangle(
+                (x0 + ring, y0 + ring, x0 + tile_w - 1 - ring, y0 + tile_h - 1 - ring), outline=_TAG_BACK, width=1
+            )
+
+
+def _check_selected(selected: int | None, n: int) -> None:
+    if selected is not None and not 0 <= selected < n:
+        raise ValueError(f"selected must be a channel index in 0..{n - 1}, not {selected}")
+
+
 def _mosaic_indices(idx: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """(N, h, w) -> (rows*h, cols*w), tiles row-major; unused cells hold 0 (blanked afterwards)."""
     n, h, w = idx.shape
@@ -288,12 +367,20 @@ def filter_grid(
     gap: int = 2,
     columns: int | None = None,
     background: RGB = WHITE,
+    numbers: bool = False,
+    selected: int | None = None,
 ) -> Image.Image:
     """First-layer filters (C_out, 3, k, k) as RGB tiles, each min-max normalised on its own.
 
     Every filter is scaled to [0, 1] across its three channels together (so its colour balance is kept),
     magnified `scale` times (nearest) and laid out by `grid_layout` with `gap` px of `background` between
     tiles. A constant filter is mid-grey. Single-channel filters (C_out, 1, k, k) are shown in grey.
+
+    `numbers=True` writes each filter's index in its tile's top-left corner, white bold digits 12 to 20 px
+    tall on black; they are left out when the tiles are too small to hold one legibly (the tag of the
+    largest index must fit in 4/5 of the width and 2/5 of the height: tiles of about 45 px or more).
+    `selected` rings that filter's tile in `SELECT_COLOR`. Both draw inside the tiles, never in the gaps:
+    the layout, and so `tile_at`, is the same as without them.
     """
     w = _as_numpy(weight)  # (C_out, C_in, k, k)
     if w.ndim != 4 or w.shape[1] not in (1, 3) or w.shape[0] == 0:
@@ -304,6 +391,7 @@ def filter_grid(
     if scale < 1 or gap < 0:
         raise ValueError("scale must be >= 1 and gap >= 0")
     c = w.shape[0]
+    _check_selected(selected, c)
     if w.shape[1] == 1:
         w = np.repeat(w, 3, axis=1)
     flat = w.reshape(c, -1)
@@ -320,7 +408,10 @@ def filter_grid(
     padded[:c] = tiles
     small = padded.reshape(rows, cols, k, k, 3).transpose(0, 2, 1, 3, 4).reshape(rows * k, cols * k, 3)
     small_image = _tiles_image(Image.fromarray(small), c, rows, cols, background)
-    return _magnify(small_image, rows, cols, zoom=scale, gap=gap, background=background)
+    image = _magnify(small_image, rows, cols, zoom=scale, gap=gap, background=background)
+    if numbers or selected is not None:
+        _mark_tiles(image, range(c), cols, k * scale, k * scale, gap, numbers=numbers, selected=selected)
+    return image
 
 
 def _channel_means(a: np.ndarray) -> np.ndarray:
@@ -355,6 +446,8 @@ def feature_grid(
     max_channels: int | None = None,
     normalize: Literal["channel", "layer"] = "channel",
     background: RGB = WHITE,
+    numbers: bool = False,
+    selected: int | None = None,
 ) -> tuple[Image.Image, list[int]]:
     """Every channel of a conv activation (C, H, W) tiled into one image; returns (image, channel order).
 
@@ -365,6 +458,14 @@ def feature_grid(
     which channels are strong). Each map is magnified by an integer factor to about `cell` px; by default
     by the smallest factor that makes the grid at least 1000 px wide (and at most 1400 where possible):
     AlexNet's conv1..conv5 give 3x, 3x, 4x, 5x, 5x.
+
+    `numbers=True` writes each tile's channel index (not its position) in its top-left corner, white
+    bold digits 12 to 20 px tall on black; they are left out when the tiles are too small to hold one
+    legibly (the tag of the largest index must fit in 4/5 of the width and 2/5 of the height: tiles of
+    about 50 px or more, which every default AlexNet grid has). `selected` (a channel index) rings the
+    tile showing that channel, wherever the sort put it, in `SELECT_COLOR`; nothing is ringed if
+    `max_channels` left it out. Both draw inside the tiles, never in the gaps: the layout, and so
+    `tile_at`, is the same as without them.
     """
     a = _spatial(act, "feature_grid")  # (C, H, W)
     c, h, w = a.shape
@@ -374,6 +475,7 @@ def feature_grid(
         raise ValueError(f"gap must be >= 0, not {gap}")
     if normalize not in ("channel", "layer"):
         raise ValueError(f"normalize must be 'channel' or 'layer', not {normalize!r}")
+    _check_selected(selected, c)
     order = np.argsort(-_channel_means(a), kind="stable") if sort else np.arange(c)
     if max_channels is not None:
         order = order[: max(int(max_channels), 0)]
@@ -396,7 +498,10 @@ def feature_grid(
             zoom -= 1
     small = _tiles_image(_indexed(_mosaic_indices(idx, rows, cols), cmap), len(order), rows, cols, background)
     image = _magnify(small, rows, cols, zoom=zoom, gap=gap, background=background)
-    return image, [int(i) for i in order]
+    channels = [int(i) for i in order]
+    if numbers or selected is not None:
+        _mark_tiles(image, channels, cols, w * zoom, h * zoom, gap, numbers=numbers, selected=selected)
+    return image, channels
 
 
 def vector_strip(
@@ -453,6 +558,12 @@ def _map2d(x: ArrayLike, what: str) -> np.ndarray:
     return a
 
 
+def _with_colorbar(picture: Image.Image, cmap: str, lo: float, hi: float, label: str | None) -> Image.Image:
+    """`picture` with a colour bar of the same width under it (`lo`..`hi`: the range its colours used)."""
+    bar = colorbar(cmap, vmin=lo, vmax=hi, width=picture.width, label=label)
+    return vstack([picture, bar], gap=0)
+
+
 def channel_overlay(
     image: Image.Image,
     fmap: ArrayLike,
@@ -461,11 +572,15 @@ def channel_overlay(
     cmap: str = "inferno",
     vmin: float | None = None,
     vmax: float | None = None,
+    colorbar: bool = False,
+    bar_label: str | None = None,
 ) -> Image.Image:
     """One feature map (h, w) upsampled (bilinear) to the image, coloured, and alpha-blended over it.
 
     `image` should be what the network saw (the 224 px crop), or the map is stretched over parts it
-    never looked at. `alpha` 0 gives the image, 1 the map alone.
+    never looked at. `alpha` 0 gives the image, 1 the map alone. The colours span [vmin, vmax], by
+    default the map's finite min..max. `colorbar=True` appends a colour bar as wide as the image with
+    exactly that range (title `bar_label`, if any); the overlay itself stays the top `image.height` px.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], not {alpha}")
@@ -474,7 +589,8 @@ def channel_overlay(
     lo, hi = _limits(f, vmin, vmax)
     f = np.nan_to_num(f, nan=lo, posinf=hi, neginf=lo)  # bilinear filtering would spread a NaN
     idx = _quantize(_resize_float(f, base.size), lo, hi)
-    return Image.blend(base, _indexed(idx, cmap), alpha)
+    out = Image.blend(base, _indexed(idx, cmap), alpha)
+    return _with_colorbar(out, cmap, lo, hi, bar_label) if colorbar else out
 
 
 def heatmap_image(
@@ -498,6 +614,9 @@ def heatmap_image(
     return _indexed(_heat_indices(h, signed=signed, vmax=vmax), cmap)
 
 
+Opacity: TypeAlias = Literal["uniform", "magnitude"]
+
+
 def attribution_overlay(
     image: Image.Image,
     heat: ArrayLike,
@@ -506,17 +625,47 @@ def attribution_overlay(
     cmap: str | None = None,
     signed: bool = False,
     vmax: float | None = None,
+    opacity: Opacity = "uniform",
+    colorbar: bool = False,
+    bar_label: str | None = None,
 ) -> Image.Image:
-    """`heatmap_image(heat)` resized to `image` and alpha-blended over it (alpha 0: image, 1: heat only).
+    """`heatmap_image(heat)` resized to `image` and blended over it.
 
     `image` should be what the network saw (the 224 px crop) so the pixels line up with the heat.
+    The colours span [-vmax, vmax] if `signed`, else [0, vmax]; vmax defaults to the max |value| (the
+    max) of the map resized to the image, as `heatmap_image(heat, size=image.size)` draws it.
+
+    `opacity="uniform"`: every pixel is `(1 - alpha) * photo + alpha * colour` (alpha 0: the photo,
+    1: the heat colours alone). `opacity="magnitude"`: the opacity follows the value, per pixel
+    `out = photo * (1 - alpha * m) + colour * (alpha * m)` with `m = clip(|v| / vmax, 0, 1)` (unsigned
+    maps: `clip(v / vmax, 0, 1)`), so where the attribution is 0 the photo shows untouched and only at
+    |v| >= vmax does the blend reach `alpha`; m is linear, so equal steps in value are equal steps in
+    opacity. Use it for signed maps: their diverging colormap is white at 0, so a uniform blend paints
+    a white veil over the whole photo (at 0.6 it is washed out). Unsigned maps keep "uniform" by
+    default: their colormap ("inferno") is near-black at 0, which dims where nothing is without hiding
+    the photo's shapes, and the colour already tells the value; "magnitude" works for them too.
+
+    `colorbar=True` appends a colour bar as wide as the image with exactly the range the colours used
+    (title `bar_label`, if any); the overlay itself stays the top `image.height` px.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], not {alpha}")
+    if opacity not in ("uniform", "magnitude"):
+        raise ValueError(f"opacity must be 'uniform' or 'magnitude', not {opacity!r}")
     base = _rgb(image)
-    h = _map2d(heat, "attribution_overlay")
-    colored = heatmap_image(h, cmap=cmap, signed=signed, vmax=vmax, size=base.size)
-    return Image.blend(base, colored, alpha)
+    h = _resize_float(np.nan_to_num(_map2d(heat, "attribution_overlay"), nan=0.0), base.size)  # (H, W)
+    lo, hi = _heat_scale(h, signed=signed, vmax=vmax)
+    cmap = cmap or ("RdBu_r" if signed else "inferno")
+    colored = _indexed(_heat_indices(h, signed=signed, vmax=hi), cmap)
+    if opacity == "uniform":
+        out = Image.blend(base, colored, alpha)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m = np.abs(h) if signed else h
+            m = np.clip(m / hi, 0.0, 1.0) if hi > 0 else np.zeros_like(h)
+        mask = np.rint(np.nan_to_num(m, nan=0.0) * (255.0 * alpha)).astype(np.uint8)  # (H, W) in 0..255
+        out = Image.composite(colored, base, Image.fromarray(mask, "L"))  # colour * mask + photo * (1 - mask)
+    return _with_colorbar(out, cmap, lo, hi, bar_label) if colorbar else out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -524,8 +673,25 @@ def attribution_overlay(
 
 
 @functools.cache
-def _font(size: int) -> Font:
-    # Pillow's bundled scalable font (Pillow >= 10.1 with FreeType): nothing to download or install.
+def _font_file(bold: bool) -> str | None:
+    """matplotlib's DejaVu Sans (a dependency already, so nothing to ship or download), or None."""
+    import matplotlib  # the package only, for its data path: no pyplot, no figure
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / ("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf")
+    return str(path) if path.is_file() else None
+
+
+@functools.cache
+def _font(size: int, bold: bool = False) -> Font:
+    # DejaVu Sans covers Latin, Greek, arrows and maths signs: labels like "Input × gradient", "≥ 0.5",
+    # "café" never show a missing-glyph box. Pillow's bundled font (which lacks "×", "→", "é") only if
+    # matplotlib's data files were stripped.
+    path = _font_file(bold)
+    if path is not None:
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            pass
     return ImageFont.load_default(size=size)
 
 
@@ -676,6 +842,15 @@ def share_chart(
     return image
 
 
+_BAR_PAD = 8  # px between a colour bar's ends and the picture's edges
+
+
+def _tick_text(value: float) -> str:
+    """A tick value in 3 significant digits, with a true minus sign (reads better than a hyphen)."""
+    text = f"{value:.3g}"
+    return "0" if text in ("0", "-0") else text.replace("-", "\u2212")
+
+
 def colorbar(
     cmap: str = "viridis",
     *,
@@ -687,34 +862,49 @@ def colorbar(
     font_size: int = _MIN_TEXT,
 ) -> Image.Image:
     """A horizontal colour scale `width` px wide with a bar `height` px thick; tick values under it
-    (vmin, 0 when the range spans it, else the middle, vmax) and an optional label above it."""
+    (vmin, 0 when the range spans it, else the middle, vmax) and an optional label above it.
+
+    The bar runs from x = 8 to `width` - 8. Its pixel x shows the colour that `colorize` (and every
+    overlay here) gives the value at that pixel's centre, vmin + (x - 8 + 0.5) / (width - 16) * (vmax -
+    vmin): the same quantiser, so a value's colour on the bar is exactly its colour in the picture. A
+    middle tick that would collide with the end ones is left out.
+    """
     if vmin > vmax:
         raise ValueError(f"vmin ({vmin}) must not exceed vmax ({vmax}).")
     font = _font(font_size)
     top, bottom = _line_box(font)
     line = bottom - top + 6
-    pad = 8
+    pad, tick = _BAR_PAD, 5
     bar_len = width - 2 * pad
     if bar_len < 2 or height < 1:
         raise ValueError("colorbar is too small")
     y_bar = pad + (line if label else 0)
-    image = Image.new("RGB", (width, y_bar + height + 4 + line + pad), WHITE)
-    idx = (np.arange(bar_len) * 256 // bar_len).astype(np.uint8)  # (L,) LUT index along the bar
-    image.paste(
-        _indexed(idx[None, :], cmap).resize((bar_len, height), Image.Resampling.NEAREST), (pad, y_bar)
-    )
+    image = Image.new("RGB", (width, y_bar + height + tick + 2 + line + pad // 2), WHITE)
+    centres = (np.arange(bar_len, dtype=np.float32) + 0.5) / bar_len  # (L,) in (0, 1)
+    if vmax > vmin:
+        idx = _quantize(np.float32(vmin) + centres * np.float32(vmax - vmin), vmin, vmax)
+    else:  # no range to show: the whole scale, ticks all at the one value
+        idx = (centres * 256).astype(np.uint8)
+    image.paste(_indexed(idx[None, :], cmap).resize((bar_len, height), Image.Resampling.NEAREST), (pad, y_bar))
     draw = ImageDraw.Draw(image)
     if label:
         text = _fit(label, font, width - 2 * pad)
         draw.text(((width - _text_width(font, text)) / 2, pad - top), text, font=font, fill=_INK)
+    span = vmax - vmin
     mid = 0.0 if vmin < 0.0 < vmax else (vmin + vmax) / 2
-    y_text = y_bar + height + 4 - top
-    ticks = [(vmin, 0.0), (mid, 0.5 if vmax == vmin else (mid - vmin) / (vmax - vmin)), (vmax, 1.0)]
+    ticks = [(vmin, 0.0), (vmax, 1.0), (mid, 0.5 if span == 0 else (mid - vmin) / span)]
+    y_text = y_bar + height + tick + 2 - top
+    placed: list[tuple[float, float]] = []  # (left, right) of tick texts drawn so far
     for value, frac in ticks:
-        text = f"{value:.3g}"
+        text = _tick_text(value)
         tw = _text_width(font, text)
-        x = pad + frac * bar_len - tw / 2  # centred on its value, but kept within the bar's ends
-        draw.text((min(max(x, pad), width - pad - tw), y_text), text, font=font, fill=_INK)
+        x = min(max(pad + frac * bar_len - tw / 2, 0), width - tw)  # centred on its value, inside the image
+        if any(x < right + 12 and left < x + tw + 12 for left, right in placed):
+            continue  # would collide with an end tick (a narrow bar): the ends matter more
+        placed.append((x, x + tw))
+        xt = round(pad + frac * (bar_len - 1))
+        draw.line((xt, y_bar + height, xt, y_bar + height + tick), fill=_INK, width=2)
+        draw.text((x, y_text), text, font=font, fill=_INK)
     return image
 
 
