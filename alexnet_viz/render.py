@@ -17,8 +17,9 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -30,6 +31,7 @@ __all__ = [
     "SELECT_COLOR",
     "WHITE",
     "Opacity",
+    "Unit",
     "attribution_overlay",
     "channel_overlay",
     "colorbar",
@@ -37,6 +39,7 @@ __all__ = [
     "colormap_lut",
     "feature_grid",
     "filter_grid",
+    "format_probability",
     "grid_layout",
     "heatmap_image",
     "hstack",
@@ -44,10 +47,14 @@ __all__ = [
     "share_chart",
     "shared_vmax",
     "strongest_channels_strip",
+    "strongest_units",
     "tile_at",
+    "tile_rows",
     "to_uint8",
     "top_k_chart",
+    "vector_panel",
     "vector_strip",
+    "vector_unit_at",
     "vstack",
 ]
 
@@ -520,11 +527,7 @@ def vector_strip(
     Cells follow `grid_layout` (4096 -> 64 x 64, 1000 -> 25 x 40), row-major, unused cells `background`.
     `columns=F` gives a one-row strip. `height` defaults to keeping the cells square.
     """
-    v = _as_numpy(values)
-    if v.ndim == 2 and v.shape[0] == 1:  # a batch of one
-        v = v[0]
-    if v.ndim != 1 or v.size == 0:
-        raise ValueError(f"vector_strip needs a non-empty vector (F,), not {tuple(v.shape)}.")
+    v = _vector(values, "vector_strip")
     lo, hi = _limits(v, vmin, vmax)
     rows, cols = grid_layout(v.size, columns=columns)
     if height is None:
@@ -535,6 +538,140 @@ def vector_strip(
     cells[: v.size] = _quantize(v, lo, hi)
     small = _tiles_image(_indexed(cells.reshape(rows, cols), cmap), v.size, rows, cols, background)
     return small.resize((width, height), Image.Resampling.NEAREST)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of a 1-D activation: its index, its value, and its class name when labels are known."""
+
+    index: int
+    value: float
+    label: str | None
+
+
+def _vector(values: ArrayLike, what: str) -> np.ndarray:
+    v = _as_numpy(values)
+    if v.ndim == 2 and v.shape[0] == 1:  # a batch of one
+        v = v[0]
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"{what} needs a non-empty vector (F,), not {tuple(v.shape)}.")
+    return v
+
+
+def strongest_units(values: ArrayLike, *, k: int = 8, labels: Sequence[str] | None = None) -> list[Unit]:
+    """The `k` units with the largest values, largest first; equal values in index order; NaN never.
+
+    `labels[i]` names unit i (fc8's class names); it must have one entry per unit.
+    """
+    v = _vector(values, "strongest_units")
+    if labels is not None and len(labels) != v.size:
+        raise ValueError(f"{len(labels)} labels for {v.size} units")
+    finite_first = np.where(np.isnan(v), -np.inf, v)
+    order = np.argsort(-finite_first, kind="stable")  # stable: ties keep index order
+    order = order[~np.isnan(v[order])][: max(int(k), 0)]
+    return [Unit(int(i), float(v[i]), None if labels is None else str(labels[i])) for i in order]
+
+
+def _panel_columns(n: int) -> int:
+    """Columns of a vector panel's strip: one row up to 64 units, else about 4 columns per row."""
+    return n if n <= 64 else math.ceil(math.sqrt(4 * n))  # 4096 -> 128 x 32, 1000 -> 64 x 16
+
+
+def vector_panel(
+    values: ArrayLike,
+    *,
+    labels: Sequence[str] | None = None,
+    k: int = 8,
+    cmap: str = "viridis",
+    width: int = 1024,
+    columns: int | None = None,
+    selected: int | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    colorbar: bool = True,
+    bar_label: str | None = "activation",
+    font_size: int = _MIN_TEXT,
+) -> Image.Image:
+    """A 1-D activation (F,) for a projector: every unit as a coloured cell, then its `k` strongest named.
+
+    From the top: the strip (`vector_strip`, `columns` per row, by default one row up to 64 units, else
+    about 4 columns a row: 4096 -> 128 x 32, 1000 -> 64 x 16), its cells `width // columns` px square so
+    the picture is that many cells wide (`vector_unit_at` maps a click on it back to a unit); a colour
+    bar of the same range (`colorbar`, titled `bar_label`); and the `strongest_units`, one row each: a
+    swatch of the unit's colour, `#index`, its value and, with `labels` (fc8's class names), its name.
+    `selected` rings that unit's cell in `SELECT_COLOR`. Colours span [vmin, vmax], by default the
+    finite min..max. Text is `font_size` px (at least 22).
+    """
+    v = _vector(values, "vector_panel")
+    n = v.size
+    _check_selected(selected, n)
+    lo, hi = _limits(v, vmin, vmax)
+    units = strongest_units(v, k=k, labels=labels)
+    rows, cols = grid_layout(n, columns=columns or _panel_columns(n))
+    cell = width // cols
+    if cell < 1:
+        raise ValueError(f"width {width} px is narrower than {cols} cells; use columns= or a wider panel")
+    strip = vector_strip(v, cmap=cmap, width=cell * cols, height=cell * rows, columns=cols, vmin=lo, vmax=hi)
+    if selected is not None:
+        r, c = divmod(selected, cols)
+        ring = max(4, cell // 4)  # around the cell, over its neighbours: a small cell stays visible
+        x0, y0 = c * cell - ring, r * cell - ring
+        ImageDraw.Draw(strip).rectangle(
+            (x0, y0, x0 + cell + 2 * ring - 1, y0 + cell + 2 * ring - 1), outline=SELECT_COLOR, width=ring
+        )
+    parts = [strip]
+    if colorbar:
+        parts.append(_colorbar_for(cmap, lo, hi, strip.width, bar_label, font_size))
+    if units:
+        parts.append(_units_table(units, cmap, lo, hi, strip.width, font_size))
+    return vstack(parts, gap=0)
+
+
+def _colorbar_for(cmap: str, lo: float, hi: float, width: int, label: str | None, size: int) -> Image.Image:
+    return colorbar(cmap, vmin=lo, vmax=hi, width=width, label=label, font_size=size)
+
+
+def _units_table(units: Sequence[Unit], cmap: str, lo: float, hi: float, width: int, size: int) -> Image.Image:
+    """The named units under a vector panel: in two columns when the panel is wide enough."""
+    font, bold = _font(size), _font(size, bold=True)
+    top, bottom = _line_box(font)
+    pad, line = 12, bottom - top + 10
+    ncol = 2 if width >= 900 and len(units) > 4 else 1
+    per_col = math.ceil(len(units) / ncol)
+    col_w = (width - pad) // ncol
+    colors = colorize(np.array([u.value for u in units], np.float32), cmap=cmap, vmin=lo, vmax=hi)
+    title = "strongest units"
+    height = pad + line + per_col * line + pad
+    image = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(image)
+    draw.text((pad, pad - top), title, font=bold, fill=_INK)
+    index_w = max(_text_width(font, f"#{u.index}") for u in units)
+    value_w = max(_text_width(font, _tick_text(u.value)) for u in units)
+    swatch = bottom - top
+    for i, (unit, color) in enumerate(zip(units, colors, strict=True)):
+        c, r = divmod(i, per_col)
+        x, y = pad + c * col_w, pad + line + r * line
+        draw.rectangle((x, y, x + swatch - 1, y + swatch - 1), fill=tuple(int(ch) for ch in color), outline=_INK)
+        x += swatch + 10
+        index_text, value_text = f"#{unit.index}", _tick_text(unit.value)
+        draw.text((x + index_w - _text_width(font, index_text), y - top), index_text, font=font, fill=_INK)
+        x += index_w + 14
+        draw.text((x + value_w - _text_width(font, value_text), y - top), value_text, font=font, fill=_INK)
+        x += value_w + 14
+        if unit.label:
+            text = _fit(unit.label, font, pad + (c + 1) * col_w - x - pad)
+            draw.text((x, y - top), text, font=font, fill=_INK)
+    return image
+
+
+def vector_unit_at(
+    panel_width: int, n: int, xy: Sequence[float], *, columns: int | None = None
+) -> int | None:
+    """The unit under pixel `xy` of a `vector_panel` of `n` units drawn `panel_width` px wide (its
+    `image.width`, with the same `columns`); None outside the strip or on an unused cell."""
+    rows, cols = grid_layout(n, columns=columns or _panel_columns(n))
+    cell = panel_width // cols
+    return tile_at((cell * cols, cell * rows), n, xy, gap=0, columns=cols)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -733,6 +870,33 @@ def _percent(p: float) -> str:
     return f"{p * 100:.1f}%"
 
 
+def format_probability(p: float) -> str:
+    """A probability as a percentage with 3 significant digits: 0.61 -> "61%", 0.00123 -> "0.123%".
+
+    Trailing zeros after the point are dropped ("61.0%" -> "61%"), so two values that differ at 3
+    significant digits always read differently; an untrained model's ~0.1% guesses show as "0.102%",
+    "0.0998%", never "0%". Below 0.01% it reads "<0.01%"; exactly 0 reads "0%"; a value just under 1
+    that would round to 100 reads ">99.9%". Values outside [0, 1] are clipped; NaN reads "n/a".
+    """
+    p = float(p)
+    if math.isnan(p):
+        return "n/a"
+    if p <= 0.0:
+        return "0%"
+    if p >= 1.0:
+        return "100%"
+    pct = p * 100.0
+    if pct < 0.01:
+        return "<0.01%"
+    decimals = max(0, 2 - math.floor(math.log10(pct)))
+    text = f"{pct:.{decimals}f}"
+    if float(text) >= 100.0:  # 99.96% rounds up: do not claim certainty
+        return ">99.9%"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text + "%"
+
+
 def top_k_chart(
     labels: Sequence[str],
     probabilities: Sequence[float],
@@ -744,7 +908,8 @@ def top_k_chart(
     """Horizontal bars, one row per label in the given order, with the probability as a percentage.
 
     Bar length is proportional to the probability (1.0 fills the bar area). Text is at least 22 px.
-    Labels too long for 45% of the width are shortened with an ellipsis.
+    Labels too long for 45% of the width are shortened with an ellipsis. Percentages are
+    `format_probability`'s (3 significant digits, never "0%" for a non-zero value).
     """
     if len(labels) != len(probabilities):
         raise ValueError(f"{len(labels)} labels but {len(probabilities)} probabilities")
@@ -756,7 +921,8 @@ def top_k_chart(
     probs = [min(max(float(p), 0.0), 1.0) if math.isfinite(float(p)) else 0.0 for p in probabilities]
     texts = [_fit(str(t), font, int(width * 0.45)) for t in labels]
     label_w = max(_text_width(font, t) for t in texts)
-    pct_w = _text_width(font, "100.0%")
+    pcts = [format_probability(float(p)) for p in probabilities]  # NaN reads "n/a", not "0%"
+    pct_w = max(_text_width(font, t) for t in [*pcts, "100%"])
     x0 = pad + label_w + pad
     length = width - x0 - pad - 8 - pct_w  # the bar of probability 1.0
     if length < 20:
@@ -764,14 +930,14 @@ def top_k_chart(
     height = 2 * pad + len(texts) * bar_height + (len(texts) - 1) * row_gap
     image = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(image)
-    for i, (text, p) in enumerate(zip(texts, probs, strict=True)):
+    for i, (text, p, pct) in enumerate(zip(texts, probs, pcts, strict=True)):
         y = pad + i * (bar_height + row_gap)
         cy = y + bar_height / 2
         _text_centered_y(draw, pad + label_w - _text_width(font, text), cy, text, font, _INK)  # right-aligned
         bar = round(p * length)
         if bar > 0:
             draw.rectangle((x0, y + 3, x0 + bar - 1, y + bar_height - 4), fill=BAR_COLOR)
-        _text_centered_y(draw, x0 + bar + 8, cy, _percent(p), font, _INK)
+        _text_centered_y(draw, x0 + bar + 8, cy, pct, font, _INK)
     return image
 
 
@@ -898,7 +1064,7 @@ def colorbar(
     for value, frac in ticks:
         text = _tick_text(value)
         tw = _text_width(font, text)
-        x = min(max(pad + frac * bar_len - tw / 2, 0), width - tw)  # centred on its value, inside the image
+        x = min(max(pad + frac * bar_len - tw / 2, pad // 2), width - pad // 2 - tw)  # centred on its value
         if any(x < right + 12 and left < x + tw + 12 for left, right in placed):
             continue  # would collide with an end tick (a narrow bar): the ends matter more
         placed.append((x, x + tw))
@@ -993,6 +1159,29 @@ def hstack(images: Sequence[Image.Image], *, gap: int = 8, background: RGB = WHI
 def vstack(images: Sequence[Image.Image], *, gap: int = 8, background: RGB = WHITE) -> Image.Image:
     """Images top to bottom, horizontally centred, `gap` px of `background` between them."""
     return _stack(images, horizontal=False, gap=gap, background=background)
+
+
+def tile_rows(
+    images: Sequence[Image.Image], per_row: int, *, gap: int = 16, background: RGB = WHITE
+) -> Image.Image:
+    """`images` in reading order, in rows of at most `per_row`, each row centred, `gap` px apart.
+
+    The rows are as even as they can be (10 images at 4 a row: 4, 3, 3, not 4, 4, 2), the longer ones
+    first. The images are not resized: give them the size they should be seen at (>= 300 px wide for a
+    projector).
+    """
+    if per_row < 1:
+        raise ValueError(f"per_row must be >= 1, not {per_row}")
+    if not images:
+        raise ValueError("nothing to lay out")
+    n_rows = math.ceil(len(images) / per_row)
+    base, extra = divmod(len(images), n_rows)
+    rows, start = [], 0
+    for r in range(n_rows):
+        count = base + (1 if r < extra else 0)
+        rows.append(hstack(images[start : start + count], gap=gap, background=background))
+        start += count
+    return vstack(rows, gap=gap, background=background)
 
 
 def label(
