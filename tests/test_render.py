@@ -643,3 +643,330 @@ def test_share_chart_bar_lengths_follow_the_shares() -> None:
     assert orange[1] / orange[0] == pytest.approx(4, rel=0.05)  # 0.8 vs 0.2
     with pytest.raises(ValueError, match="one parameter share"):
         render.share_chart(["a"], [0.1, 0.2], [0.3])
+
+
+# --- issue #10: pictures that read from the back of a lecture hall ------------------------------------------
+
+
+def _glyph(font: object, char: str) -> tuple[tuple[int, int], bytes]:
+    mask = font.getmask(char)  # type: ignore[attr-defined]
+    return mask.size, bytes(mask)
+
+
+@pytest.mark.parametrize("bold", [False, True])
+def test_font_has_every_glyph_the_page_uses(bold: bool) -> None:
+    font = render._font(24, bold)
+    missing = _glyph(font, "\ue000")  # a private-use code point no font here defines: the missing-glyph box
+    for char in "×–→≥·é±−…":
+        assert _glyph(font, char) != missing, f"{char!r} renders as the missing-glyph box"
+    # In a picture: the caption with "×" differs from the same caption with an undefined character.
+    image = Image.new("RGB", (300, 10), WHITE)
+    times = px(label(image, "Input × gradient", size=24))
+    boxed = px(label(image, "Input \ue000 gradient", size=24))
+    assert times.shape == boxed.shape and (times != boxed).any()
+
+
+def _bar_rows(a: np.ndarray, top: int, cmap: str, x0: int, x1: int) -> np.ndarray:
+    """Rows at or below `top` whose pixels x0..x1 are all entries of `cmap`'s table: the colour bar."""
+    lut = {tuple(c) for c in colormap_lut(cmap).tolist()}
+    return np.array(
+        [y for y in range(top, a.shape[0]) if all(tuple(p) in lut for p in a[y, x0:x1].tolist())], int
+    )
+
+
+def _lut_index(cmap: str, color: np.ndarray) -> int:
+    return int(np.flatnonzero((colormap_lut(cmap) == color).all(axis=1))[0])
+
+
+@pytest.mark.parametrize("kind", ["signed", "unsigned", "channel"])
+def test_colorbar_under_an_overlay_matches_its_colours(kind: str) -> None:
+    width, height, pad = 64, 6, 8
+    bar_len = width - 2 * pad
+    base = photo(width, height)
+    lo, hi = (-3.0, 3.0) if kind == "signed" else (0.5, 4.0) if kind == "channel" else (0.0, 4.0)
+    # Row 0 holds, at column x, the value at the centre of bar pixel x; the map's range is [lo, hi].
+    values = lo + (np.arange(width) - pad + 0.5) / bar_len * (hi - lo)
+    heat = np.full((height, width), (lo + hi) / 2, np.float32)
+    heat[0] = np.clip(values, lo, hi)
+    heat[1, 0], heat[1, 1] = lo, hi
+    if kind == "channel":
+        cmap = "inferno"
+        plain = channel_overlay(base, heat, alpha=1.0)
+        out = channel_overlay(base, heat, alpha=1.0, colorbar=True, bar_label="conv5 #3")
+    else:
+        cmap = "RdBu_r" if kind == "signed" else "inferno"
+        plain = attribution_overlay(base, heat, alpha=1.0, signed=kind == "signed")
+        out = attribution_overlay(base, heat, alpha=1.0, signed=kind == "signed", colorbar=True)
+    a = px(out)
+    assert out.width == width and out.height > height + 24
+    np.testing.assert_array_equal(a[:height], px(plain))  # the picture itself is unchanged
+    rows = _bar_rows(a, height, cmap, pad, width - pad)
+    assert len(rows) == 24 and np.all(np.diff(rows) == 1)  # one bar, 24 px thick
+    bar = a[rows[0]]
+    for x in range(pad, width - pad):  # within one quantisation step of the colour the picture gives v
+        assert abs(_lut_index(cmap, bar[x]) - _lut_index(cmap, a[0, x])) <= 1, x
+    assert _lut_index(cmap, bar[pad]) <= 3 and _lut_index(cmap, bar[width - pad - 1]) >= 252  # lo..hi
+
+
+def test_colorbar_ticks_are_projector_sized_and_say_the_range() -> None:
+    wide = px(colorbar("RdBu_r", vmin=-0.00272, vmax=0.00272, width=640, label="Input × gradient"))
+    narrow = px(colorbar("RdBu_r", vmin=-0.00272, vmax=0.00272, width=224))
+    lut = colormap_lut("RdBu_r")
+    for a in (wide, narrow):
+        bar = _bar_rows(a, 0, "RdBu_r", 8, a.shape[1] - 8)
+        below = a[bar[-1] + 1 :]
+        ink = np.flatnonzero((below.astype(int).sum(axis=-1) < 200).any(axis=1))
+        assert ink.max() - ink.min() + 1 >= 15  # tick marks + digits of a 22 px font (digits are 0.73 em)
+        assert lut[0].tolist() != lut[255].tolist()
+    # Tick texts never collide: 640 px holds three (-v, 0, v); 224 px drops the middle one for two.
+    for a, texts in ((wide, 3), (narrow, 2)):
+        text_rows = a[_bar_rows(a, 0, "RdBu_r", 8, a.shape[1] - 8)[-1] + 8 :]
+        ink = np.flatnonzero((text_rows.astype(int).sum(axis=-1) < 200).any(axis=0))
+        assert np.count_nonzero(np.diff(ink) > 10) == texts - 1  # blank runs between texts, not in them
+
+
+def test_magnitude_opacity_keeps_the_photo_where_there_is_no_attribution() -> None:
+    base = photo(7, 3)
+    heat = np.array(
+        [
+            [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, -0.0],
+            [0.0, -0.5, -1.0, -1.5, -2.0, -9.0, 0.0],
+            [0.0, 0.25, -0.25, 1.0, 1.0, 1.0, 1.0],
+        ],
+        np.float32,
+    )
+    alpha, vmax = 0.6, 2.0
+    out = px(attribution_overlay(base, heat, alpha=alpha, signed=True, vmax=vmax, opacity="magnitude")).astype(int)
+    photo_px = np.asarray(base).astype(int)
+    zero = heat == 0
+    np.testing.assert_array_equal(out[zero], photo_px[zero])  # no attribution: the photo, exactly
+    plain = px(attribution_overlay(base, heat, alpha=alpha, signed=True, vmax=vmax)).astype(int)
+    full = np.abs(heat) >= vmax
+    assert np.abs(out[full] - plain[full]).max() <= 1  # at |v| >= vmax: the uniform blend at alpha
+    # Everywhere: photo * (1 - alpha m) + colour * alpha m with m = |v| / vmax clipped (hand-computed).
+    colour = px(heatmap_image(heat, signed=True, vmax=vmax)).astype(float)
+    m = np.clip(np.abs(heat) / vmax, 0, 1)[..., None]
+    expected = photo_px * (1 - alpha * m) + colour * alpha * m
+    assert np.abs(out - expected).max() <= 1
+    # Monotone: on a black photo, out = w * colour; the recovered opacity w grows with |v| up to alpha.
+    black = Image.new("RGB", (11, 2), (0, 0, 0))
+    ramp = np.linspace(0.0, 2.5, 11)[None, :] * np.array([[1.0], [-1.0]])  # positive row, negative row
+    out = px(attribution_overlay(black, ramp, alpha=alpha, signed=True, vmax=vmax, opacity="magnitude"))
+    colour = px(heatmap_image(ramp, signed=True, vmax=vmax)).astype(float)
+    w = out.max(axis=-1) / colour.max(axis=-1)  # the brightest channel: the least rounding
+    assert (np.diff(w, axis=1) >= -0.01).all() and (w[:, 0] == 0).all()
+    assert np.allclose(w[:, -3:], alpha, atol=0.01)  # |v| >= vmax: full alpha
+    # Unsigned maps: negatives count as no attribution.
+    neg = px(attribution_overlay(base, -np.abs(heat), alpha=alpha, opacity="magnitude"))
+    np.testing.assert_array_equal(neg, np.asarray(base))
+    with pytest.raises(ValueError, match="opacity"):
+        attribution_overlay(base, heat, opacity="linear")  # type: ignore[arg-type]
+
+
+def _marks(grid: np.ndarray, plain: np.ndarray) -> np.ndarray:
+    """(N, 2) (x, y) of the pixels where numbers or a ring changed a grid."""
+    ys, xs = np.nonzero((grid != plain).any(axis=-1))
+    return np.stack([xs, ys], axis=1)
+
+
+def _tag_box(grid: np.ndarray, plain: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
+    """The changed pixels in the tile at (x0, y0), cropped to their bounding box (the number's tag)."""
+    tile, ref = grid[y0 : y0 + side, x0 : x0 + side], plain[y0 : y0 + side, x0 : x0 + side]
+    ys, xs = np.nonzero((tile != ref).any(axis=-1))
+    return tile[: ys.max() + 1, : xs.max() + 1]
+
+
+def test_feature_grid_numbers_name_the_channel_not_the_position() -> None:
+    rng = np.random.default_rng(3)
+    act = rng.random((12, 13, 13)).astype(np.float32) + np.arange(12)[:, None, None] % 5  # sort shuffles
+    zoom, gap = 5, 1
+    side = 13 * zoom
+    sorted_plain, order = feature_grid(act, sort=True, cell=side, gap=gap)
+    sorted_grid, order2 = feature_grid(act, sort=True, cell=side, gap=gap, numbers=True)
+    plain, _ = feature_grid(act, cell=side, gap=gap)
+    grid, _ = feature_grid(act, cell=side, gap=gap, numbers=True)
+    assert order == order2 and order != list(range(12))
+    assert sorted_grid.size == sorted_plain.size  # numbers do not move the layout
+    a, p, sa, sp = px(grid), px(plain), px(sorted_grid), px(sorted_plain)
+    _rows, cols = grid_layout(12)
+    marks = _marks(sa, sp)
+    assert all(render.tile_at(sorted_grid.size, 12, xy, gap=gap) is not None for xy in marks)  # never a gap
+    tags = {}
+    for ch in range(12):
+        r, c = divmod(ch, cols)
+        tags[ch] = _tag_box(a, p, c * (side + gap), r * (side + gap), side)
+        ink = tags[ch].astype(int).sum(axis=-1)
+        assert set(np.unique(tags[ch].reshape(-1, 3), axis=0)[:, 0]) >= {0, 255}  # white on black
+        assert (tags[ch] == tags[ch][..., :1]).all()  # grey levels only: readable on any colour
+        digits = np.flatnonzero((ink > 600).any(axis=1))
+        assert digits.max() - digits.min() + 1 >= 12  # digits at least 12 px tall
+    assert len({t.tobytes() for t in tags.values()}) == 12  # every channel its own number
+    for i, ch in enumerate(order):  # tile i of the sorted grid carries channel order[i]'s number
+        r, c = divmod(i, cols)
+        box = tags[ch]
+        y0, x0 = r * (side + gap), c * (side + gap)
+        np.testing.assert_array_equal(sa[y0 : y0 + box.shape[0], x0 : x0 + box.shape[1]], box)
+
+
+def test_feature_grid_selection_rings_the_channel_wherever_it_is_sorted() -> None:
+    act = np.random.default_rng(4).random((64, 11, 11)).astype(np.float32)
+    act += np.arange(64)[:, None, None] % 7  # channel 5 does not land at tile 5 when sorted
+    gap = 2
+    plain, order = feature_grid(act, sort=True, gap=gap)
+    ringed, _ = feature_grid(act, sort=True, gap=gap, selected=5)
+    both, _ = feature_grid(act, sort=True, gap=gap, selected=5, numbers=True)
+    position = order.index(5)
+    assert position != 5 and ringed.size == plain.size == both.size
+    a, p = px(ringed), px(plain)
+    marks = _marks(a, p)
+    assert len(marks) > 0
+    assert {render.tile_at(ringed.size, 64, xy, gap=gap) for xy in marks} == {position}  # inside that tile
+    _rows, cols = grid_layout(64)
+    side = (plain.width - gap * (cols - 1)) // cols
+    r, c = divmod(position, cols)
+    x0, y0 = c * (side + gap), r * (side + gap)
+    outer = np.concatenate([a[y0, x0 : x0 + side], a[y0 + side - 1, x0 : x0 + side], a[y0 : y0 + side, x0]])
+    assert (outer == render.SELECT_COLOR).all()
+    assert (a[y0 + 3, x0 : x0 + side] == render.SELECT_COLOR).all()  # at least 4 px thick
+    # With numbers too, every click still finds the tile it falls on (the layout is the same).
+    for xy in [(x0, y0), (x0 + side - 1, y0 + side - 1), (x0 + side // 2, y0 + 2)]:
+        assert render.tile_at(both.size, 64, xy, gap=gap) == position
+    assert render.tile_at(both.size, 64, (x0 + side, y0), gap=gap) is None  # the gap stays a gap
+    # A channel that max_channels left out rings nothing; one that does not exist is an error.
+    cut, shown = feature_grid(act, sort=True, gap=gap, max_channels=8)
+    missing = next(ch for ch in range(64) if ch not in shown)
+    np.testing.assert_array_equal(px(feature_grid(act, sort=True, gap=gap, max_channels=8, selected=missing)[0]),
+                                  px(cut))
+    with pytest.raises(ValueError, match="selected"):
+        feature_grid(act, selected=64)
+
+
+def test_numbers_are_left_out_of_tiles_too_small_to_hold_them() -> None:
+    act = np.random.default_rng(5).random((256, 6, 6)).astype(np.float32)
+    small, _ = feature_grid(act, cell=24)  # 24 px tiles: no legible "255" fits
+    np.testing.assert_array_equal(px(feature_grid(act, cell=24, numbers=True)[0]), px(small))
+    big, _ = feature_grid(act, numbers=True)  # the default 66 px tiles hold them
+    assert (px(big) != px(feature_grid(act)[0])).any()
+
+
+def test_filter_grid_numbers_and_selection_stay_inside_the_tiles() -> None:
+    w = np.random.default_rng(6).standard_normal((96, 3, 11, 11)).astype(np.float32)
+    plain = filter_grid(w, scale=6, gap=2)
+    marked = filter_grid(w, scale=6, gap=2, numbers=True, selected=37)
+    assert marked.size == plain.size
+    marks = _marks(px(marked), px(plain))
+    tiles = {render.tile_at(marked.size, 96, xy, gap=2) for xy in marks}
+    assert None not in tiles and tiles == set(range(96))  # every tile numbered, nothing in the gaps
+    ring = _marks(px(filter_grid(w, scale=6, gap=2, selected=37)), px(plain))
+    assert {render.tile_at(marked.size, 96, xy, gap=2) for xy in ring} == {37}
+    with pytest.raises(ValueError, match="selected"):
+        filter_grid(w, selected=-1)
+
+
+def test_strongest_units_are_the_top_k_with_ties_in_index_order() -> None:
+    rng = np.random.default_rng(7)
+    values = rng.integers(0, 6, 1000).astype(np.float32)  # many ties
+    values[[11, 500]] = np.nan
+    labels = [f"class {i}" for i in range(1000)]
+    got = render.strongest_units(values, k=20, labels=labels)
+    finite = [i for i in range(1000) if not np.isnan(values[i])]
+    expected = sorted(finite, key=lambda i: (-values[i], i))[:20]  # the oracle: sort by (-value, index)
+    assert [u.index for u in got] == expected
+    assert [u.value for u in got] == [float(values[i]) for i in expected]
+    assert [u.label for u in got] == [labels[i] for i in expected]
+    assert render.strongest_units(torch.tensor([[1.0, 3.0, 2.0]]), k=8)[0] == render.Unit(1, 3.0, None)
+    with pytest.raises(ValueError, match="labels"):
+        render.strongest_units(values, labels=labels[:10])
+
+
+def test_vector_panel_shows_the_vector_and_names_the_strongest_units() -> None:
+    n, k = 1000, 6
+    values = np.linspace(0, 1, n, dtype=np.float32)[np.random.default_rng(8).permutation(n)]
+    labels = [f"class {i}" for i in range(n)]
+    panel = render.vector_panel(values, labels=labels, k=k, width=1024, colorbar=False)
+    a = px(panel)
+    with_bar = px(render.vector_panel(values, labels=labels, k=k, width=1024))
+    np.testing.assert_array_equal(with_bar[-50:], a[-50:])  # the same table ends both
+    assert len(_bar_rows(with_bar, 0, "viridis", 8, 1024 - 8)) == 15 * 16 + 24  # full strip rows + the bar
+    rows, _cols = grid_layout(n, columns=64)
+    cell = 1024 // 64
+    assert panel.width == 64 * cell
+    strip = px(vector_strip(values, width=64 * cell, height=rows * cell, columns=64))
+    np.testing.assert_array_equal(a[: rows * cell], strip)  # the whole vector, cell by cell
+    table = a[rows * cell :]
+    lut = colormap_lut("viridis")
+    named = render.strongest_units(values, k=k, labels=labels)
+    for unit in named:  # a swatch of each named unit's colour
+        colour = lut[min(int(unit.value * 256), 255)]
+        assert (table == colour).all(axis=-1).sum() >= 16 * 16, unit
+    weak = lut[int(0.5 * 256)]  # a middling unit is not named: its colour appears nowhere in the table
+    assert not (table == weak).all(axis=-1).any()
+    for index in (0, 63, 64, 999):  # a click on a cell finds its unit
+        r, c = divmod(index, 64)
+        assert render.vector_unit_at(panel.width, n, (c * cell + cell // 2, r * cell + cell // 2)) == index
+    assert render.vector_unit_at(panel.width, n, (5, rows * cell + 5)) is None  # below the strip
+    ringed = px(render.vector_panel(values, labels=labels, k=k, selected=70, colorbar=False))
+    r, c = divmod(70, 64)
+    assert (ringed[r * cell - 1, c * cell : (c + 1) * cell] == render.SELECT_COLOR).all()  # just above it
+    assert ringed.shape == a.shape
+
+
+def test_format_probability() -> None:
+    f = render.format_probability
+    assert f(0.00123) == "0.123%"
+    assert f(0.61) == "61%"
+    assert f(0.615) == "61.5%"
+    assert f(1e-7) == "<0.01%"
+    assert f(0.0) == "0%" and f(1.0) == "100%" and f(0.99996) == ">99.9%"
+    assert f(0.001) == "0.1%" and f(0.05) == "5%" and f(float("nan")) == "n/a"
+    # An untrained model's top-5: values that differ at 3 significant digits read differently.
+    rng = np.random.default_rng(9)
+    for p in rng.uniform(1e-4, 1.0, 2000):
+        q = p * (1 + rng.choice([-1, 1]) * rng.uniform(0.005, 0.02))
+        if float(f"{p:.3g}") != float(f"{q:.3g}") and q < 0.9995:
+            assert f(p) != f(q), (p, q)
+        assert f(p) != "0%"
+
+
+def test_top_k_chart_shows_differences_an_untrained_model_makes() -> None:
+    a = px(top_k_chart(["a", "b"], [0.00102, 0.00101]))
+    b = px(top_k_chart(["a", "b"], [0.00102, 0.00102]))
+    assert (a != b).any()  # "0.101%" is not "0.102%" (the old chart wrote "0.1%" for both)
+
+
+def test_tile_rows_balances_and_centres_rows() -> None:
+    colours = [(i * 20, 255 - i * 20, 100) for i in range(10)]
+    tiles = [Image.new("RGB", (300, 200), c) for c in colours]
+    out = px(render.tile_rows(tiles, 4, gap=10, background=BG))
+    assert out.shape == (3 * 200 + 2 * 10, 4 * 300 + 3 * 10, 3)  # rows of 4, 3, 3
+    starts = [0, 4, 7]
+    for r, (first, count) in enumerate(zip(starts, [4, 3, 3], strict=True)):
+        y = r * 210 + 100
+        x0 = (out.shape[1] - (count * 300 + (count - 1) * 10)) // 2  # centred
+        for j in range(count):
+            assert (out[y, x0 + j * 310 + 150] == colours[first + j]).all()
+        assert (out[y, : max(x0, 0)] == BG).all()
+    with pytest.raises(ValueError):
+        render.tile_rows(tiles, 0)
+
+
+def test_text_in_every_picture_is_at_least_22_px(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    real = render._font
+
+    def recording(size: int, bold: bool = False) -> object:
+        sizes.append(size)
+        return real(size, bold)
+
+    monkeypatch.setattr(render, "_font", recording)
+    base = photo(224, 224)
+    heat = np.random.default_rng(10).standard_normal((14, 14))
+    attribution_overlay(base, heat, signed=True, colorbar=True, bar_label="Saliency")
+    channel_overlay(base, np.abs(heat), colorbar=True, bar_label="conv1 #3")
+    render.vector_panel(np.abs(heat).ravel(), labels=[str(i) for i in range(196)])
+    top_k_chart(["tabby"], [0.5])
+    colorbar("viridis", label="x")
+    label(base, "Grad-CAM")
+    render.share_chart(["conv1"], [0.1], [0.2])
+    strongest_channels_strip({"conv1": np.random.default_rng(1).random((4, 5, 5))})
+    assert sizes and min(sizes) >= 22
