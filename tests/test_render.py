@@ -680,7 +680,7 @@ def _lut_index(cmap: str, color: np.ndarray) -> int:
 
 @pytest.mark.parametrize("kind", ["signed", "unsigned", "channel"])
 def test_colorbar_under_an_overlay_matches_its_colours(kind: str) -> None:
-    width, height, pad = 64, 6, 8
+    width, height, pad = 200, 6, 8
     bar_len = width - 2 * pad
     base = photo(width, height)
     lo, hi = (-3.0, 3.0) if kind == "signed" else (0.5, 4.0) if kind == "channel" else (0.0, 4.0)
@@ -693,11 +693,16 @@ def test_colorbar_under_an_overlay_matches_its_colours(kind: str) -> None:
         cmap = "inferno"
         plain = channel_overlay(base, heat, alpha=1.0)
         out = channel_overlay(base, heat, alpha=1.0, colorbar=True, bar_label="conv5 #3")
+        title: str | None = "conv5 #3"
     else:
         cmap = "RdBu_r" if kind == "signed" else "inferno"
         plain = attribution_overlay(base, heat, alpha=1.0, signed=kind == "signed")
         out = attribution_overlay(base, heat, alpha=1.0, signed=kind == "signed", colorbar=True)
+        title = None
     a = px(out)
+    # The bar always runs through the whole colormap; what says which value each colour means is its
+    # ticks, so the part under the picture must be exactly the bar of the range the picture used.
+    np.testing.assert_array_equal(a[height:], px(colorbar(cmap, vmin=lo, vmax=hi, width=width, label=title)))
     assert out.width == width and out.height > height + 24
     np.testing.assert_array_equal(a[:height], px(plain))  # the picture itself is unchanged
     rows = _bar_rows(a, height, cmap, pad, width - pad)
