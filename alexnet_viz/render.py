@@ -289,14 +289,30 @@ _TAG_BACK: RGB = (0, 0, 0)  # tile numbers: white on black reads over any colour
 _TAG_MIN_FONT, _TAG_MAX_FONT = 17, 28  # px; DejaVu Sans Bold digits are 0.73 em: 12..20 px tall
 
 
-@functools.lru_cache(maxsize=4096)
-def _number_tag(text: str, size: int) -> Image.Image:
-    """`text` in white bold digits on a black box, cropped tight; drawn once per (text, size)."""
+@functools.cache
+def _digit_glyphs(size: int) -> tuple[tuple[Image.Image, ...], int]:
+    """White bold digits 0-9 on black, each one advance wide (DejaVu's digits share one advance), and
+    the top offset; rendered once per size so a grid's hundreds of numbers are pastes, not text layout."""
     font = _font(size, bold=True)
     _, top, _, bottom = font.getbbox("0123456789")  # one height for every number, whatever its digits
+    advance = max(_text_width(font, d) for d in "0123456789")
+    glyphs = []
+    for d in "0123456789":
+        glyph = Image.new("RGB", (advance, int(bottom - top)), _TAG_BACK)
+        ImageDraw.Draw(glyph).text((0, -top), d, font=font, fill=WHITE)
+        glyphs.append(glyph)
+    return tuple(glyphs), advance
+
+
+@functools.lru_cache(maxsize=4096)
+def _number_tag(text: str, size: int) -> Image.Image:
+    """A non-negative integer `text` in white bold digits on a black box, cropped tight."""
+    glyphs, advance = _digit_glyphs(size)
     pad_x, pad_y = max(2, size // 6), max(2, size // 8)
-    tag = Image.new("RGB", (_text_width(font, text) + 2 * pad_x, int(bottom - top) + 2 * pad_y), _TAG_BACK)
-    ImageDraw.Draw(tag).text((pad_x, pad_y - top), text, font=font, fill=WHITE)
+    height = glyphs[0].height
+    tag = Image.new("RGB", (len(text) * advance + 2 * pad_x, height + 2 * pad_y), _TAG_BACK)
+    for i, d in enumerate(text):
+        tag.paste(glyphs[int(d)], (pad_x + i * advance, pad_y))
     return tag
 
 
