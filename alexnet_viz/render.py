@@ -797,6 +797,8 @@ def attribution_overlay(
     a white veil over the whole photo (at 0.6 it is washed out). Unsigned maps keep "uniform" by
     default: their colormap ("inferno") is near-black at 0, which dims where nothing is without hiding
     the photo's shapes, and the colour already tells the value; "magnitude" works for them too.
+    With "magnitude", a vmax from a high percentile (`shared_vmax(..., percentile=99.5)`) keeps a few
+    extreme pixels from making the rest nearly transparent.
 
     `colorbar=True` appends a colour bar as wide as the image with exactly the range the colours used
     (title `bar_label`, if any); the overlay itself stays the top `image.height` px.
