@@ -628,9 +628,11 @@ def vector_panel(
     if cell < 1:
         raise ValueError(f"width {width} px is narrower than {cols} cells; use columns= or a wider panel")
     strip = vector_strip(v, cmap=cmap, width=cell * cols, height=cell * rows, columns=cols, vmin=lo, vmax=hi)
-    if selected is not None:
+    if selected is not None and cell >= 24:  # a large cell is ringed inside, as a grid's tile is
+        _mark_tiles(strip, range(n), cols, cell, cell, 0, numbers=False, selected=selected)
+    elif selected is not None:  # a small one around, over its neighbours, or the ring would hide it
         r, c = divmod(selected, cols)
-        ring = max(4, cell // 4)  # around the cell, over its neighbours: a small cell stays visible
+        ring = max(3, cell // 3)
         x0, y0 = c * cell - ring, r * cell - ring
         ImageDraw.Draw(strip).rectangle(
             (x0, y0, x0 + cell + 2 * ring - 1, y0 + cell + 2 * ring - 1), outline=SELECT_COLOR, width=ring

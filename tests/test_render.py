@@ -914,6 +914,12 @@ def test_vector_panel_shows_the_vector_and_names_the_strongest_units() -> None:
     r, c = divmod(70, 64)
     assert (ringed[r * cell - 1, c * cell : (c + 1) * cell] == render.SELECT_COLOR).all()  # just above it
     assert ringed.shape == a.shape
+    # Large cells (a 10-class fc8, one row) are ringed inside, so the ring never covers a neighbour.
+    ten = np.arange(10, dtype=np.float32)
+    plain10 = px(render.vector_panel(ten, k=3, width=800, colorbar=False))
+    ringed10 = render.vector_panel(ten, k=3, width=800, colorbar=False, selected=3)
+    marks = _marks(px(ringed10), plain10)
+    assert len(marks) > 0 and {render.vector_unit_at(800, 10, xy) for xy in marks} == {3}
 
 
 def test_format_probability() -> None:
