@@ -639,14 +639,10 @@ def vector_panel(
         )
     parts = [strip]
     if colorbar:
-        parts.append(_colorbar_for(cmap, lo, hi, strip.width, bar_label, font_size))
+        parts.append(_scale_bar(cmap, lo, hi, strip.width, bar_label, font_size))
     if units:
         parts.append(_units_table(units, cmap, lo, hi, strip.width, font_size))
     return vstack(parts, gap=0)
-
-
-def _colorbar_for(cmap: str, lo: float, hi: float, width: int, label: str | None, size: int) -> Image.Image:
-    return colorbar(cmap, vmin=lo, vmax=hi, width=width, label=label, font_size=size)
 
 
 def _units_table(units: Sequence[Unit], cmap: str, lo: float, hi: float, width: int, size: int) -> Image.Image:
@@ -713,10 +709,14 @@ def _map2d(x: ArrayLike, what: str) -> np.ndarray:
     return a
 
 
+def _scale_bar(cmap: str, lo: float, hi: float, width: int, label: str | None, size: int = _MIN_TEXT) -> Image.Image:
+    # `colorbar` under another name: the pictures that append one take a `colorbar` flag
+    return colorbar(cmap, vmin=lo, vmax=hi, width=width, label=label, font_size=size)
+
+
 def _with_colorbar(picture: Image.Image, cmap: str, lo: float, hi: float, label: str | None) -> Image.Image:
     """`picture` with a colour bar of the same width under it (`lo`..`hi`: the range its colours used)."""
-    bar = colorbar(cmap, vmin=lo, vmax=hi, width=picture.width, label=label)
-    return vstack([picture, bar], gap=0)
+    return vstack([picture, _scale_bar(cmap, lo, hi, picture.width, label)], gap=0)
 
 
 def channel_overlay(
