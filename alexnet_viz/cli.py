@@ -47,48 +47,36 @@ def _unique_dir(out: Path, stem: str, used: set[str]) -> Path:
     return out / name
 
 
-def _write_analysis(loaded: Any, image_path: Path, folder: Path, methods: Sequence[str], target: str | None,
-                    top_k: int, progress: bool) -> dict[str, Any]:
-    from . import render
+def _write_analysis(loaded: Any, image_path: Path, folder: Path, scene: Any, target: str | None, top_k: int,
+                    progress: bool) -> dict[str, Any]:
+    """The page's pictures for one image, drawn by :mod:`alexnet_viz.export` exactly as its Download zip holds
+    them, into ``folder`` with ``result.json``."""
+    from . import export
     from .analysis import analyze, explain
     from .attribution import METHODS, tqdm_progress
 
     analysis = analyze(loaded, image_path, top_k=top_k)
-    folder.mkdir(parents=True, exist_ok=True)
-    files: list[str] = []
-
-    def save(image: Any, name: str) -> None:
-        image.save(folder / name)
-        files.append(name)
-
-    save(analysis.view, "input.png")
-    save(render.top_k_chart([p.label for p in analysis.top_k], [p.probability for p in analysis.top_k]),
-         "top_k.png")
-    save(render.filter_grid(loaded.conv1.weight), "filters_conv1.png")
-    for layer, act in analysis.activations.items():
-        grid = render.vector_strip(act) if act.ndim == 1 else render.feature_grid(act)[0]
-        save(grid, f"features_{layer}.png")
     attributions = {}
-    for method in methods:
+    for method in dict.fromkeys([*scene.methods, *scene.compare]):
         bar = tqdm_progress(f"{image_path.name}: {method}") if progress and METHODS[method].slow else None
-        attr = explain(loaded, analysis, method, target=target, progress=bar)
-        save(render.attribution_overlay(analysis.view, attr.heatmap, signed=attr.signed), f"attribution_{method}.png")
-        attributions[method] = {"target": attr.target, "label": loaded.categories[attr.target],
-                                "seconds": round(attr.seconds, 4), "options": dict(attr.options),
-                                **({"convergence_delta": attr.convergence_delta}
-                                   if attr.convergence_delta is not None else {})}
-    result = {
-        "image": str(image_path),
-        **analysis.to_dict(),
-        "settings": {"arch": loaded.arch, "device": str(loaded.device), "methods": list(methods),
-                     "target": target, "top_k": top_k},
-        "weights": {"source": loaded.weights.source, "description": loaded.weights.description,
-                    "trained": loaded.weights.trained, "warning": loaded.weights.warning},
-        "attributions": attributions,
-        "files": files,
-    }
-    (folder / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+        layer = loaded.conv_layers[-1] if METHODS[method].layer_based else None
+        attributions[method] = explain(loaded, analysis, method, target=target, layer=layer, progress=bar)
+    pictures = export.pictures(loaded, analysis, attributions, scene)
+    meta = export.result_json(loaded, analysis, attributions, scene, files=pictures, image=str(image_path))
+    export.write_folder(folder, pictures, meta)
+    return meta
+
+
+def _scene(args: argparse.Namespace, loaded: Any, methods: Sequence[str]) -> Any:
+    """The page's settings from the flags: the same names, the same meaning."""
+    from .export import Scene
+
+    layers = args.layer or loaded.layer_names
+    unknown = [layer for layer in layers if layer not in loaded.layer_names]
+    if unknown:
+        raise ValueError(f"This model has no layer {unknown[0]!r}; it has {', '.join(loaded.layer_names)}.")
+    return Scene(layers=tuple(dict.fromkeys(layers)), sort=args.sort, cmap=args.cmap, channel=args.channel,
+                 filter=args.filter, methods=tuple(methods), compare=tuple(dict.fromkeys(args.compare or [])))
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -96,6 +84,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     from .attribution import METHODS
     from .images import ImageError
+    from .render import format_probability
 
     methods: list[str] = []
     for m in args.method or []:
@@ -104,7 +93,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} or all", file=sys.stderr)
         return 2
+    unknown = [m for m in args.compare or [] if m not in METHODS]
+    if unknown:
+        print(f"error: unknown method {unknown[0]!r} for --compare; choose from {', '.join(METHODS)}", file=sys.stderr)
+        return 2
     loaded = _load(args)
+    try:
+        scene = _scene(args, loaded, list(dict.fromkeys(methods)))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     used: set[str] = set()
     results, failed = [], 0
@@ -113,8 +111,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         path = Path(image)
         folder = _unique_dir(out, path.stem, used)
         try:
-            results.append(_write_analysis(loaded, path, folder, list(dict.fromkeys(methods)), args.target,
-                                           args.top_k, show))
+            results.append(_write_analysis(loaded, path, folder, scene, args.target, args.top_k, show))
         except (ImageError, ValueError, RuntimeError) as e:  # one line per bad image; the batch goes on
             failed += 1
             print(f"error: {path}: {e}", file=sys.stderr)
@@ -122,7 +119,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             continue
         if not args.json:
             top = results[-1]["top_k"][0]
-            print(f"{path}: {top['label']} ({top['probability']:.1%}) -> {folder}")
+            print(f"{path}: {top['label']} ({format_probability(top['probability'])}) -> {folder}")
     if args.json:
         print(json.dumps(results if len(results) != 1 else results[0], indent=2))
     return 1 if failed else 0
@@ -159,7 +156,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .ui import serve
 
     serve(arch=args.arch, weights=args.weights, device=args.device, num_classes=args.num_classes,
-          labels=args.labels, host=args.host, port=args.port, share=args.share)
+          labels=args.labels, host=args.host, port=args.port, share=args.share, presenter=args.presenter)
     return 0
 
 
@@ -209,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attribution method (repeatable) or 'all'; default: none")
     p.add_argument("--target", default=None, help="class index or name to explain (default: the top-1)")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--layer", action="append", metavar="L",
+                   help="feature maps of this layer (repeatable; default: every layer)")
+    p.add_argument("--channel", type=int, default=None,
+                   help="channel of the first --layer drawn over the image (default: its strongest)")
+    p.add_argument("--filter", type=int, default=None, help="conv1 filter drawn over the image (default: the "
+                                                             "strongest)")
+    p.add_argument("--sort", action="store_true", help="order channels by mean activation")
+    p.add_argument("--cmap", default="viridis", help="colour map of the feature maps")
+    p.add_argument("--compare", action="append", metavar="M", help="methods side by side in compare.png (repeatable)")
     p.add_argument("--json", action="store_true", help="print result.json to stdout")
     p.set_defaults(func=_cmd_analyze)
 
@@ -226,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 to serve a lecture hall's network)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    p.add_argument("--presenter", action="store_true",
+                   help="start in presenter mode: large text and a compact header for a projector (a toggle on the "
+                        "page too)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("train", help="train a seed AlexNet on an image folder, cifar10 or fashion-mnist")

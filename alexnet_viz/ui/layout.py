@@ -1,0 +1,295 @@
+"""The page: components by name, and the events that connect them to :class:`.handlers.Handlers`.
+
+Handlers return ``{name: value}``; :func:`_event` turns that into ``{component: value}`` (what Gradio takes
+from a function whose outputs are listed) and the pictures into PNG files (:mod:`.files`). Every event has
+an ``api_name`` or is private; slow attributions run in a concurrency group of their own, so a visitor's
+layer change or a new upload never waits behind another visitor's integrated gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any
+
+import gradio as gr
+
+from .. import export
+from ..architectures import ARCHITECTURES
+from ..attribution import METHODS
+from ..model import available_devices
+from . import handlers as H
+from .files import as_png_files
+from .server import CACHE_MAX_AGE_S, CACHE_SWEEP_S, SESSION_TTL_S, SLOW_CONCURRENCY
+from .state import ModelPool
+
+__all__ = ["CSS", "HEAD", "OPTION_NAMES", "build_demo"]
+
+OPTION_NAMES = list(H.OPTION_SPECS)
+SLOW_GROUP = "slow-attributions"  # concurrency_id of the events that can take seconds to minutes
+
+# Font sizes: 16 px body text on a laptop; presenter mode (a class on <body>, set by --presenter or the
+# toggle) gives 24 px body text and 20 px labels, readable from the back of a lecture hall.
+CSS = """
+:root, .gradio-container {--text-md: 16px; --text-sm: 14px; --text-lg: 18px; --block-label-text-size: 14px;
+  --block-info-text-size: 14px; --block-title-text-size: 16px; --input-text-size: 16px;
+  --button-large-text-size: 17px; --section-header-text-size: 16px}
+.gradio-container {font-size: var(--text-md)}
+.gradio-container .prose, .gradio-container .md {font-size: var(--text-md)}
+body.presenter, body.presenter .gradio-container {--text-md: 24px; --text-sm: 20px; --text-lg: 28px;
+  --text-xl: 30px; --block-label-text-size: 20px; --block-info-text-size: 20px; --block-title-text-size: 22px;
+  --input-text-size: 22px; --button-large-text-size: 24px; --button-small-text-size: 20px;
+  --section-header-text-size: 22px; --checkbox-label-text-size: 20px}
+body.presenter .gradio-container {max-width: 100% !important}
+body.presenter #image {max-height: 240px}
+body.presenter .caption {display: none}
+.banner-warn {background: #b91c1c; color: white; padding: 10px 14px; border-radius: 8px; font-size: 1.05em}
+.banner-warn code {color: white; background: #7f1d1d}
+.banner-ok {background: #166534; color: white; padding: 8px 14px; border-radius: 8px}
+.caption {opacity: .85}
+.top5 {display: flex; flex-direction: column; gap: .35em; font-size: var(--text-md)}
+.top5-row {display: grid; grid-template-columns: 1.6em minmax(8em, 2fr) 3fr 5.5em; align-items: center; gap: .5em}
+.top5-rank {opacity: .6; text-align: right}
+.top5-label {font-weight: 600; overflow: hidden; text-overflow: ellipsis; white-space: nowrap}
+.top5-bar {height: .9em; background: #e5e7eb; border-radius: 4px; overflow: hidden}
+.top5-bar span {display: block; height: 100%; background: #1f77b4}
+.top5-p {text-align: right; font-variant-numeric: tabular-nums}
+#arch-table {max-height: none}
+/* Pictures fill their column (a 640 px overlay, a 1000+ px grid), keeping their proportions; pixel grids stay sharp */
+.picture img {width: 100% !important; height: auto !important; max-height: none !important; object-fit: contain}
+#filters-grid img, #layer-grid img, #untrained-filters img {image-rendering: pixelated}
+.picture .image-container, .picture .image-frame {height: auto !important; max-height: none !important}
+"""
+
+# The download starts in the browser once the zip exists: one click gives the zip of what is on screen.
+DOWNLOAD_JS = """(f) => {
+  if (!f || !f.url) return;
+  const a = document.createElement('a'); a.href = f.url; a.download = f.orig_name || 'alexnet-viz-results.zip';
+  document.body.appendChild(a); a.click(); a.remove();
+}"""
+PRESENTER_JS = "(on) => { document.body.classList.toggle('presenter', !!on); }"
+HEAD = ""
+
+
+def _picture(label: str, value: Any = None, **kwargs: Any) -> gr.Image:
+    """An output picture: PNG (lossless maps), download and fullscreen buttons, no share-to-hub button."""
+    return gr.Image(value, label=label, format="png", interactive=False, buttons=["download", "fullscreen"],
+                    elem_classes=["picture"], **kwargs)
+
+
+def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
+    """The whole page; ``presenter`` starts it in presenter mode (large text, compact header)."""
+    h = H.Handlers(pool)
+    loaded = pool.default
+    arch0, device0 = pool.default_key
+    examples = H.examples()
+    c: dict[str, Any] = {}  # every component by the name the handlers use
+
+    def _event(fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` returns {name: value}; Gradio gets {component: value}, pictures as PNG files."""
+
+        @wraps(fn)
+        def keyed(*args: Any, **kwargs: Any) -> Any:
+            out = fn(*args, **kwargs)
+            return {c[name]: value for name, value in out.items()} if isinstance(out, dict) else out
+
+        return as_png_files(keyed)
+
+    def on(triggers: Any, fn: Callable[..., Any], inputs: Sequence[str], outputs: Sequence[str],
+           **kwargs: Any) -> Any:
+        return gr.on(triggers, _event(fn), [c[n] for n in inputs], [c[n] for n in outputs], **kwargs)
+
+    with gr.Blocks(title="alexnet-viz", delete_cache=(CACHE_SWEEP_S, CACHE_MAX_AGE_S), analytics_enabled=False) as demo:
+        c["session"] = gr.State(None, time_to_live=SESSION_TTL_S)
+
+        # ---- header: the image, the top-5, the banner: compact, so a tab's main picture fits the first screen
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=280):
+                c["image"] = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image",
+                                      height=240, elem_id="image")
+            with gr.Column(scale=5, min_width=420):
+                with gr.Row():
+                    gr.Markdown("## alexnet-viz: what AlexNet computes for your image", elem_id="title")
+                    c["presenter"] = gr.Checkbox(presenter, label="Presenter mode (large text)",
+                                                 elem_id="presenter", scale=0, min_width=220)
+                c["banner"] = gr.HTML(H.banner(loaded), elem_id="banner")
+                c["top5"] = gr.HTML(H.top5_html(None), elem_id="top5")
+                c["status"] = gr.Markdown("", elem_id="status")
+                c["example_caption"] = gr.Markdown("", elem_id="example-caption")
+
+        with gr.Accordion("Examples and model", open=not presenter, elem_id="setup") as setup:
+            c["examples"] = gr.Gallery([(e.path, e.title) for e in examples], label="Examples (click one)",
+                                       columns=len(examples) or 1, rows=1, height=200, allow_preview=False,
+                                       object_fit="cover", elem_id="examples", buttons=[], interactive=False)
+            with gr.Row():
+                c["arch"] = gr.Dropdown(list(ARCHITECTURES), value=arch0, label="Architecture", elem_id="arch")
+                c["device"] = gr.Dropdown(available_devices(), value=device0, label="Device", elem_id="device")
+
+        with gr.Tabs():
+            with gr.Tab("Filters", id="filters"):
+                c["filters_caption"] = gr.Markdown(H.filters_caption(loaded), elem_classes="caption")
+                with gr.Row(equal_height=False):
+                    c["filters"] = _picture("conv1 filters (click one)", export.filters_picture(loaded),
+                                            elem_id="filters-grid", scale=1)
+                    with gr.Column(scale=1):
+                        c["filter_map"] = _picture("This filter's feature map on the image", elem_id="filter-map")
+                        c["filter_info"] = gr.Markdown(elem_id="filter-info")
+                with gr.Accordion("Compare with an untrained copy (seed 0)", open=False) as untrained_box:
+                    c["untrained_note"] = gr.Markdown(H.untrained_note(loaded), elem_classes="caption")
+                    c["untrained"] = _picture("untrained conv1 filters", elem_id="untrained-filters")
+            with gr.Tab("Feature maps", id="features"):
+                c["layer_caption"] = gr.Markdown(H.CAPTIONS["features"], elem_classes="caption")
+                with gr.Row():
+                    c["layer"] = gr.Dropdown(loaded.layer_names, value="conv1", label="Layer", elem_id="layer")
+                    c["sort"] = gr.Checkbox(False, label="Sort channels by mean activation", elem_id="sort")
+                    c["cmap"] = gr.Dropdown(H.COLORMAPS, value="viridis", label="Colour map", elem_id="cmap")
+                c["layer_info"] = gr.Markdown(elem_id="layer-info")
+                with gr.Row(equal_height=False):
+                    c["grid"] = _picture("All channels (click one)", scale=3, elem_id="layer-grid")
+                    with gr.Column(scale=2):
+                        c["channel"] = gr.Slider(0, 63, value=0, step=1, label="Channel", elem_id="channel")
+                        c["opacity"] = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="Opacity", elem_id="opacity")
+                        c["channel_view"] = _picture("Channel over the image", elem_id="channel-view")
+                        c["channel_info"] = gr.Markdown(elem_id="channel-info")
+                gr.Markdown(H.CAPTIONS["strongest"], elem_classes="caption")
+                c["strongest"] = _picture("Strongest channels per conv layer", elem_id="strongest")
+            with gr.Tab("Saliency", id="saliency"):
+                gr.Markdown(H.CAPTIONS["saliency"], elem_classes="caption")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2, min_width=320):
+                        c["method"] = gr.Dropdown([(s.title, s.name) for s in METHODS.values()], value="saliency",
+                                                  label="Method", elem_id="method")
+                        c["method_caption"] = gr.Markdown(METHODS["saliency"].caption, elem_classes="caption")
+                        c["target"] = gr.Dropdown(H.target_choices(loaded, None), value="",
+                                                  label="Class to explain (type to search all classes)",
+                                                  filterable=True, elem_id="target")
+                        c["cam_layer"] = gr.Dropdown(loaded.conv_layers, value=loaded.conv_layers[-1],
+                                                     label="Grad-CAM layer", visible=False, elem_id="cam-layer")
+                        for name, o in H.OPTION_SPECS.items():
+                            c[f"opt_{name}"] = gr.Slider(o.minimum, o.maximum, value=o.default, step=o.step,
+                                                         label=o.label, info=o.help, visible=False,
+                                                         elem_id=f"opt-{name}")
+                        with gr.Row():
+                            c["attr_alpha"] = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Opacity",
+                                                        elem_id="attr-alpha")
+                            c["attr_cmap"] = gr.Dropdown(["auto", *H.COLORMAPS], value="auto", label="Colour map",
+                                                         elem_id="attr-cmap")
+                        c["run"] = gr.Button("Explain", variant="primary", elem_id="explain")
+                    with gr.Column(scale=3):
+                        c["attr_image"] = _picture("Attribution", elem_id="attribution")
+                        c["attr_info"] = gr.Markdown(elem_id="attribution-info")
+                gr.Markdown(H.CAPTIONS["compare"], elem_classes="caption")
+                with gr.Row():
+                    c["compare_methods"] = gr.CheckboxGroup(
+                        [(s.title, s.name) for s in METHODS.values()],
+                        value=["saliency", "guided_backprop", "gradcam", "integrated_gradients"], label="Methods",
+                        elem_id="compare-methods")
+                    c["compare_run"] = gr.Button("Compare", elem_id="compare", scale=0)
+                c["compare_image"] = _picture("Side by side", elem_id="compare-image", show_label=False)
+            with gr.Tab("Architecture", id="architecture"):
+                gr.Markdown(H.CAPTIONS["architecture"], elem_classes="caption")
+                arch0_view = h.architecture(arch0)
+                c["arch_text"] = gr.Markdown(arch0_view["arch_text"], elem_id="arch-text")
+                with gr.Row(equal_height=False):
+                    c["arch_table"] = gr.Dataframe(
+                        arch0_view["arch_table"], headers=["layer", "type", "config", "output", "params", "% params",
+                                                           "MACs", "% MACs"],
+                        interactive=False, wrap=True, scale=3, max_height=4000, elem_id="arch-table")
+                    c["arch_chart"] = _picture("Share of parameters vs compute", arch0_view["arch_chart"], scale=2,
+                                               show_label=False, elem_id="arch-chart")
+            with gr.Tab("Download", id="download"):
+                gr.Markdown("Everything on screen now as one zip: every picture and a `result.json` with the "
+                            "predictions and every setting needed to draw them again.")
+                c["download"] = gr.Button("Download results (zip)", elem_id="download-zip", variant="primary")
+                c["zip"] = gr.File(label="Last download", interactive=False, elem_id="zip-file")
+
+        # API-only endpoints for scripts (gradio_client): invisible components, documented in README.
+        with gr.Row(visible=False):
+            api_image = gr.Image(type="filepath")
+            api_method = gr.Textbox()
+            api_target = gr.Textbox()
+            api_label = gr.Label(num_top_classes=5)
+            api_overlay = gr.Image(format="png", label="Overlay")
+            api_predict = gr.Button()
+            api_explain = gr.Button()
+
+        # ---- events ---- (the API endpoints first, so that they get their names before any handler does)
+        api_predict.click(h.predict_api, [api_image], [api_label], api_name="predict", preprocess=False)
+        gr.on([api_explain.click], as_png_files(lambda *a: {api_overlay: h.explain_api(*a)}),
+              [api_image, api_method, api_target], [api_overlay], api_name="explain", preprocess=False,
+              concurrency_id=SLOW_GROUP, concurrency_limit=SLOW_CONCURRENCY)
+
+        view_inputs = ["layer", "sort", "cmap", "opacity", "method", "attr_alpha", "attr_cmap", "session"]
+        analysis_outputs = ["session", "top5", "banner", "status", "example_caption", "filters", "filter_map",
+                            "filter_info", "filters_caption", "grid", "layer_info", "layer_caption", "channel",
+                            "opacity", "channel_view", "channel_info", "strongest", "layer", "cam_layer", "target",
+                            "method", "attr_image", "attr_info", "compare_image"]
+        layer_outputs = ["session", "grid", "layer_info", "layer_caption", "channel", "opacity", "channel_view",
+                         "channel_info"]
+        filter_outputs = ["session", "filters", "filter_map", "filter_info", "filters_caption"]
+        # One event for upload, webcam, paste and example clicks. We decode uploads ourselves
+        # (preprocess=False) so that our intake, not Gradio, owns every error message. Progress (and, on a
+        # refused file, Gradio's "Error" badge) on the predictions only; the sentence itself is the toast.
+        on([c["image"].change], h.analyze, ["image", "arch", "device", *view_inputs], analysis_outputs,
+           api_name="analyze", preprocess=False, trigger_mode="always_last", show_progress_on=[c["top5"]])
+        on([c["examples"].select], h.pick_example, [], ["image", "example_caption"], api_visibility="private",
+           queue=False)
+        on([c["layer"].input, c["sort"].input, c["cmap"].input], h.show_layer,
+           ["session", "layer", "sort", "cmap", "opacity"], [*layer_outputs, "strongest"], api_name="show_layer")
+        on([c["channel"].release, c["opacity"].release], h.show_channel, ["session", "channel", "opacity"],
+           [*layer_outputs, *filter_outputs[1:]], api_name="show_channel")
+        on([c["grid"].select], h.pick_tile, ["session"], layer_outputs, api_visibility="private")
+        on([c["filters"].select], h.pick_filter, ["session"], filter_outputs, api_visibility="private")
+
+        option_inputs = [f"opt_{n}" for n in OPTION_NAMES]
+
+        def explain_event(session: Any, method: str, target: str, cam_layer: str, alpha: float, cmap: str,
+                          *values: float, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:  # noqa: B008
+            return h.explain(session, method, target, cam_layer, alpha, cmap, dict(zip(OPTION_NAMES, values,
+                                                                                      strict=True)),
+                             progress=lambda f, m: progress(f, desc=m))
+
+        def compare_event(session: Any, methods: list[str], target: str, cam_layer: str, alpha: float,
+                          *values: float, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:  # noqa: B008
+            return h.compare(session, methods, target, cam_layer, alpha, dict(zip(OPTION_NAMES, values, strict=True)),
+                             progress=lambda f, m: progress(f, desc=m))
+
+        on([c["method"].change], _option_visibility, ["method"], ["cam_layer", *option_inputs, "method_caption"],
+           api_visibility="private", queue=False)
+        on([c["run"].click], explain_event, ["session", "method", "target", "cam_layer", "attr_alpha", "attr_cmap",
+                                             *option_inputs], ["attr_image", "attr_info", "session"],
+           api_visibility="private", concurrency_id=SLOW_GROUP, concurrency_limit=SLOW_CONCURRENCY)
+        on([c["attr_alpha"].release, c["attr_cmap"].input], h.restyle, ["session", "attr_alpha", "attr_cmap"],
+           ["attr_image", "attr_info", "session"], api_visibility="private")
+        on([c["compare_run"].click], compare_event, ["session", "compare_methods", "target", "cam_layer",
+                                                     "attr_alpha", *option_inputs], ["compare_image", "session"],
+           api_visibility="private", concurrency_id=SLOW_GROUP, concurrency_limit=SLOW_CONCURRENCY)
+        # A switch that fails (the model does not load) keeps the visitor's model: the dropdowns go back to it
+        # and nothing is re-analysed.
+        switched = on([c["arch"].input, c["device"].input], h.switch_model, ["arch", "device", "session"],
+                      ["banner", "target", "filters", "filters_caption"], api_visibility="private")
+        switched.success(
+            _event(h.architecture), [c["arch"]], [c["arch_table"], c["arch_chart"], c["arch_text"]],
+            api_visibility="private").success(
+            _event(h.analyze), [c[n] for n in ["image", "arch", "device", *view_inputs]],
+            [c[n] for n in analysis_outputs], api_visibility="private", preprocess=False,
+            show_progress_on=[c["top5"]])
+        switched.failure(_event(h.current_model), [c["session"]], [c["arch"], c["device"]], api_visibility="private",
+                         queue=False)
+        untrained_box.expand(_event(h.untrained_filters), [c["session"]], [c["untrained"], c["untrained_note"]],
+                             api_visibility="private")
+        on([c["download"].click], h.download, ["session"], ["zip"], api_visibility="private").success(
+            None, [c["zip"]], None, js=DOWNLOAD_JS, queue=False)
+        c["presenter"].change(None, [c["presenter"]], None, js=PRESENTER_JS, queue=False)
+        c["presenter"].input(lambda on: gr.update(open=not on), [c["presenter"]], [setup], queue=False,
+                             api_visibility="private")
+        demo.load(None, [c["presenter"]], None, js=PRESENTER_JS)
+    return demo
+
+
+def _option_visibility(method: str) -> dict[str, Any]:
+    spec = METHODS.get(method)
+    used = {o.name for o in spec.options} if spec else set()
+    return {"cam_layer": gr.update(visible=bool(spec and spec.layer_based)),
+            **{f"opt_{n}": gr.update(visible=n in used) for n in OPTION_NAMES},
+            "method_caption": spec.caption if spec else ""}

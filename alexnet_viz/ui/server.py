@@ -1,0 +1,121 @@
+"""How the page is served: limits for a public 2-core Space, the queue, launch settings and start-up.
+
+Every number a visitor can feel or exhaust is here: upload size, queue length, how many events run at
+once, how long a slow attribution may run, how long a visitor's results are kept, how often the upload
+cache is swept.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from ..images import IsolatedDecoder
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = [
+    "ASSETS",
+    "CACHE_MAX_AGE_S",
+    "CACHE_SWEEP_S",
+    "CONCURRENCY",
+    "DECODER",
+    "MAX_FILE_SIZE",
+    "QUEUE_SIZE",
+    "SESSION_TTL_S",
+    "SLOW_LIMIT_S",
+    "launch",
+    "return_freed_memory",
+    "serve",
+]
+
+log = logging.getLogger("alexnet_viz")
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+MAX_FILE_SIZE = "20mb"  # the intake refuses more than 25 MB anyway; Gradio answers 413 above this
+QUEUE_SIZE = 32  # waiting requests at most; the 33rd visitor is told the app is busy
+CONCURRENCY = 2  # events running at once: a free Space has 2 cores
+SLOW_CONCURRENCY = 1  # slow attributions (integrated gradients, occlusion, ...) at once, in their own group
+DECODER = IsolatedDecoder(timeout_s=30.0)  # one worker process for the server's uploads
+SESSION_TTL_S = 2 * 3600  # forget a visitor's results after two hours
+CACHE_SWEEP_S, CACHE_MAX_AGE_S = 1800, 3600  # every 30 min, delete uploads and pictures sent over an hour ago
+# Computing time one request may spend in the slow attribution methods before it is stopped (between two
+# batches). Gradio cannot stop a running sync handler: neither /cancel nor a closed tab ends its thread,
+# which keeps the model lock; the sliders' extremes take minutes on 2 cores (occlusion with stride 4 and
+# batch 1: 11 minutes, measured), so without this one visitor could hold the app that long.
+SLOW_LIMIT_S = 60.0
+SYSTEM_SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial",
+               "sans-serif"]
+SYSTEM_MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, fixed: see return_freed_memory()
+
+
+def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Have glibc give large freed blocks (tensors, decoded pictures) back to the system at once.
+
+    glibc serves blocks of 128 KiB and more with mmap, but raises that threshold each time such a block is
+    freed (up to 32 MiB); after a few requests, activations and attribution batches come from the heap arenas,
+    which keep their freed pages. A server with a few worker threads then sits near 1.9 GB after 8 visitors at
+    once instead of 1.2 GB (benchmarks/LOAD.md). Fixing the threshold (what ``MALLOC_MMAP_THRESHOLD_`` does
+    before start) turns that raising off. Returns whether it was set: elsewhere than glibc it does nothing.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)  # the C library this process already runs on
+        libc.gnu_get_libc_version  # noqa: B018  (glibc's: musl has mallopt but no such threshold raising)
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # M_MMAP_THRESHOLD in malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, threshold) == 1)
+
+
+def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "auto",
+          num_classes: int | None = None, labels: str | None = None, host: str = "127.0.0.1", port: int = 7860,
+          share: bool = False, presenter: bool = False, block: bool = True) -> gr.Blocks:
+    """Load the model, build the page and serve it (``block=False`` returns once it serves: for tests)."""
+    from .layout import build_demo
+    from .state import ModelPool
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return_freed_memory()
+    DECODER.start()
+    pool = ModelPool(arch, weights, device, num_classes=num_classes, labels=labels)
+    if pool.default.weights.warning:
+        log.warning(pool.default.weights.warning)
+    return launch(build_demo(pool, presenter=presenter), host=host, port=port, share=share, block=block)
+
+
+def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
+           queue_size: int = QUEUE_SIZE, concurrency: int = CONCURRENCY) -> gr.Blocks:
+    """Queue and serve a page from ``build_demo`` with the public app's settings (tests use smaller queues)."""
+    from .layout import CSS, HEAD
+
+    # api_open=False: no route runs an event outside the queue (POST /gradio_api/run/<name> would bypass its
+    # size and concurrency limits); gradio_client goes through the queue and still works.
+    demo.queue(max_size=queue_size, default_concurrency_limit=concurrency, api_open=False)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        theme=gr.themes.Default(font=SYSTEM_SANS, font_mono=SYSTEM_MONO),  # no web fonts from a CDN
+        css=CSS,
+        head=HEAD,
+        show_error=False,  # our gr.Error sentences still show; tracebacks never do
+        max_file_size=MAX_FILE_SIZE,
+        enable_monitoring=False,  # /monitoring would otherwise answer anyone
+        ssr_mode=False,  # no Node server: HF Spaces turn SSR on by default
+        allowed_paths=[str(ASSETS)],
+        footer_links=["gradio"],
+        run_history=False,  # no runs page, no "connect a bucket" endpoint on a public app
+        prevent_thread_lock=not block,
+        quiet=not block,
+    )
+    return demo

@@ -1,0 +1,156 @@
+"""A lecturer's hour in one test: every control of the page, in more than one order, in Debian's Chromium.
+
+Each step waits for what the page shows, then fails on any "Error" badge or toast; at the end, on any
+console error and on any request beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from alexnet_viz.architectures import ARCHITECTURES
+from alexnet_viz.attribution import METHODS
+from alexnet_viz.browser import Driver, Watch, chromium, with_page
+
+from .conftest import ASSETS, Server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+TV_LAYERS = ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4", "conv5",
+             "relu5", "pool5", "fc6", "relu6", "fc7", "relu7", "fc8"]
+
+
+@pytest.fixture(scope="module")
+def browser_ready() -> None:
+    if chromium() is None:
+        if __import__("os").environ.get("CI"):
+            pytest.fail("Debian's chromium is missing in CI")
+        pytest.skip("Debian's chromium is not installed")
+
+
+def walk(d: Driver, watch: Watch, tmp: Path, layers: list[str]) -> dict[str, object]:
+    page = d.page
+    seen: dict[str, object] = {}
+    d.upload(ASSETS / "cat.jpg")
+    d.check("upload")
+    assert re.search(r"\d\.\d+%", d.text("top5")), d.text("top5")  # untrained ~0.1%: never "0%"
+
+    # Filters: a filter click names that filter.
+    d.tab("Filters")
+    d.click_picture("filters-grid", 0.07, 0.07)  # the first tile
+    d.wait_text("filter-info", r"Filter \*?\*?0\b|Filter 0\b")
+    d.check("filter click")
+
+    # Feature maps: every layer, conv and fc; then a new image while an fc layer is chosen.
+    d.tab("Feature maps")
+    for layer in layers:
+        d.choose("layer", layer)
+        info = d.wait_text("layer-info", rf"^{layer}\b")
+        d.check(f"layer {layer}")
+        if layer.startswith(("fc", "relu6", "relu7")):
+            assert "vector" in info and "strongest units" in info, info
+            assert not page.locator("#channel").is_visible()
+    d.example(1)  # the espresso, with fc8 chosen
+    d.check("new image after an fc layer")
+    d.wait_text("layer-info", r"^fc8\b.*vector")
+    # conv5: a tile click names the clicked channel in the layer line and under the view.
+    d.choose("layer", "conv5")
+    d.wait_text("layer-info", r"^conv5\b")
+    before = d.text("layer-info")
+    d.click_picture("layer-grid", 0.55, 0.3)
+    info = d.wait_text("layer-info", r"showing channel", changed_from=before)
+    channel = int(d.slider_value("channel"))
+    assert f"showing channel {channel}" in info, (info, channel)
+    d.wait_text("channel-info", rf"channel {channel}\b")
+    d.check("tile click")
+    # sort, colour maps and opacity, each redrawn from the cached tensors.
+    page.locator("#sort input").check()
+    d.wait_text("layer-info", r"^conv5\b")
+    for cmap in ("inferno", "gray", "RdBu_r", "viridis"):
+        shown = d.picture("layer-grid")
+        d.choose("cmap", cmap)
+        d.wait_picture_change("layer-grid", shown)
+        d.check(f"colour map {cmap}")
+    shown = d.picture("channel-view")
+    d.set_slider("opacity", 0.3)
+    d.wait_picture_change("channel-view", shown)
+    d.check("opacity")
+
+    # Saliency: every method, then a class found by typing.
+    d.tab("Saliency")
+    for name, spec in METHODS.items():
+        d.choose("method", spec.title)
+        before = d.text("attribution-info")
+        page.locator("#explain").click()
+        d.wait_text("attribution-info", re.escape(spec.title), changed_from=before, timeout=180_000)
+        d.check(f"method {name}")
+    last = list(METHODS)[-1]
+    d.choose("method", METHODS["saliency"].title)
+    d.choose("target", "tabby (281)", search="tabby")
+    before = d.text("attribution-info")
+    page.locator("#explain").click()
+    d.wait_text("attribution-info", r"Saliency.*tabby", changed_from=before)
+    d.check("class search")
+    last = "saliency"
+    # Compare with every method.
+    for spec in METHODS.values():
+        box = page.locator("#compare-methods").get_by_label(spec.title, exact=True)
+        if not box.is_checked():
+            box.check()
+    shown = d.picture("compare-image")
+    page.locator("#compare").click()
+    d.wait_picture_change("compare-image", shown, timeout=300_000)
+    d.check("compare")
+
+    # Download: one click, exactly what is on screen.
+    d.tab("Download")
+    zipped = d.download(tmp / "results.zip")
+    with zipfile.ZipFile(zipped) as z:
+        names = set(z.namelist())
+        meta = json.loads(z.read("result.json"))
+    seen["zip"] = names
+    assert f"attribution_{last}.png" in names and "compare.png" in names, names
+    assert meta["settings"]["methods"] == [last] and meta["attributions"][last]["label"] == "tabby"
+    assert meta["settings"]["layers"] == ["conv5"] and meta["settings"]["channels"] == {"conv5": channel}
+    assert {"features_conv5.png", "channel_conv5.png", "strongest_channels.png", "filter_map.png"} <= names
+
+    # Every architecture, a new image after each, then a layer of it.
+    for i, arch in enumerate(ARCHITECTURES):
+        if arch == "torchvision":
+            continue
+        before = d.text("status")
+        d.choose("arch", arch)
+        d.wait_text("status", r"ms in all", changed_from=before, timeout=180_000)
+        d.check(f"architecture {arch}")
+        d.tab("Filters")
+        d.wait_text("filter-info", r"Filter")
+        d.upload(ASSETS / ["palace.jpg", "rocket.jpg", "astronaut.jpg", "cameraman.png"][i % 4])
+        d.check(f"new image on {arch}")
+        d.tab("Feature maps")
+        d.choose("layer", "fc7")
+        d.wait_text("layer-info", r"^fc7\b")
+        d.check(f"fc7 on {arch}")
+        d.tab("Architecture")
+        d.wait_text("arch-text", re.escape(ARCHITECTURES[arch].title))
+        d.tab("Saliency")
+        d.choose("method", METHODS["gradcam"].title)
+        before = d.text("attribution-info")
+        page.locator("#explain").click()
+        d.wait_text("attribution-info", "Grad-CAM", changed_from=before)
+        d.check(f"Grad-CAM on {arch}")
+    page.screenshot(path=str(tmp / "end.png"))
+    return seen
+
+
+def test_every_control_in_chromium(server: Server, tmp_path: Path, browser_ready: None) -> None:
+    def run(d: Driver, watch: Watch) -> None:
+        walk(d, watch, tmp_path, TV_LAYERS)
+        assert watch.hosts() == {"127.0.0.1"}, watch.hosts()
+        assert watch.console_errors == []
+
+    with_page(server.url, run)
