@@ -7,7 +7,6 @@ import struct
 import threading
 import zlib
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from alexnet_viz.analysis import analyze
+from alexnet_viz.browser import CHROMIUM_ARGS, Driver, open_page
 from alexnet_viz.model import load_model
 
 from .conftest import ASSETS, CHROMIUM, ROOT, Server
@@ -112,60 +112,45 @@ def _browser_or_skip():
     return sync_playwright
 
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+FONT_JS = "(sel) => { const e = document.querySelector(sel); return e ? parseFloat(getComputedStyle(e).fontSize) : -1; }"
 
 
-def test_page_in_chromium(server: Server, tmp_path: Path) -> None:
+@pytest.mark.browser
+def test_presenter_mode_reads_from_the_back_and_fits_the_first_screen(server: Server, tmp_path: Path) -> None:
+    """At 1920x1080: default body text >= 16 px; presenter mode (the page's toggle, as --presenter starts it)
+    body text >= 24 px and labels >= 20 px, and after an upload the tab's main picture starts in the first
+    screen and is >= 600 px wide."""
     sync_playwright = _browser_or_skip()
-    from playwright.sync_api import expect
-
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 720})
-        requests: list[str] = []
-        errors: list[str] = []
-        page.on("request", lambda r: requests.append(r.url))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server.url)
-        expect(page.locator("#banner")).to_contain_text("untrained weights", timeout=60_000)
-
-        # Click the first example (the cat) and wait for the predictions.
-        page.locator("#examples button.gallery-item").first.click()
-        expect(page.locator("#status")).to_contain_text("device cpu", timeout=60_000)
-        expect(page.locator("#top5")).to_contain_text("%")
-
-        for name in ("Filters", "Feature maps", "Saliency", "Architecture", "Download"):
-            tab = page.get_by_role("tab", name=name)
-            tab.click()
-            expect(tab).to_have_attribute("aria-selected", "true")
-            if name == "Architecture":
-                expect(page.get_by_text("61,100,840 parameters")).to_be_visible()
-
-        # Feature maps: pick another layer; the grid and the info follow.
-        page.get_by_role("tab", name="Feature maps").click()
-        page.get_by_role("combobox", name="Layer").click()
-        page.get_by_role("option", name="conv4", exact=True).click()
-        expect(page.locator("#layer-info")).to_contain_text("256x13x13", timeout=30_000)
-        expect(page.locator("#layer-grid img")).to_be_visible()
-
-        # Saliency: one slow method, with its progress, to its result.
-        page.get_by_role("tab", name="Saliency").click()
-        page.get_by_role("combobox", name="Method").click()
-        page.get_by_role("option", name="Integrated gradients").click()
-        expect(page.get_by_role("slider", name="range slider for Steps")).to_be_visible()
-        page.locator("#explain").click()
-        expect(page.locator("#attribution-info")).to_contain_text("Integrated gradients", timeout=120_000)
-        expect(page.locator("#attribution img")).to_be_visible()
-        page.screenshot(path=str(tmp_path / "saliency.png"))
-
-        hosts = {urlparse(u).hostname for u in requests if not u.startswith(("data:", "blob:"))}
-        assert hosts == {"127.0.0.1"}, hosts
-        assert errors == []
+        browser, page, watch = open_page(p, server.url)
+        d = Driver(page)
+        for selector in (".gradio-container", "#top5 .top5-empty", "#filters-caption p"):
+            size = page.evaluate(FONT_JS, selector)
+            assert size >= 16, (selector, size)  # a laptop
+        page.locator("#presenter input").check()
+        page.wait_for_function("() => document.body.classList.contains('presenter')")
+        d.upload(ASSETS / "cat.jpg")
+        page.evaluate("() => window.scrollTo(0, 0)")
+        for selector in (".gradio-container", "#status p", "#top5 .top5-label", "#filter-info p"):
+            size = page.evaluate(FONT_JS, selector)
+            assert size >= 24, (selector, size)
+        for selector in ("#presenter .label-text", "#filter-map [data-testid=block-label]"):
+            size = page.evaluate(FONT_JS, selector)
+            assert size >= 20, (selector, size)
+        for picture in ("filters-grid", "filter-map"):
+            box = page.locator(f"#{picture} img").first.bounding_box()
+            assert box is not None and box["y"] < 1080 and box["width"] >= 600, (picture, box)
+        page.screenshot(path=str(tmp_path / "presenter.png"))
+        d.tab("Feature maps")
+        for selector in ("#layer [data-testid=block-info]", "#channel [data-testid=block-info]"):
+            size = page.evaluate(FONT_JS, selector)
+            assert size >= 20, (selector, size)
+        d.check("presenter mode")
+        assert watch.console_errors == [] and watch.hosts() == {"127.0.0.1"}
         browser.close()
 
 
+@pytest.mark.browser
 def test_page_shows_a_bad_upload_as_one_sentence_and_goes_on(server: Server, tmp_path: Path) -> None:
     """What a student who drops the wrong file sees: one sentence in a toast, no traceback, and the next image
     works in the same page."""

@@ -58,7 +58,7 @@ body.presenter .caption {display: none}
 /* Pictures fill their column (a 640 px overlay, a 1000+ px grid), keeping their proportions; pixel grids stay sharp */
 .picture img {width: 100% !important; height: auto !important; max-height: none !important; object-fit: contain}
 #filters-grid img, #layer-grid img, #untrained-filters img {image-rendering: pixelated}
-.picture .image-container, .picture .image-frame {height: auto !important; max-height: none !important}
+.picture .image-container, .picture .image-frame {width: 100%; height: auto !important; max-height: none !important}
 """
 
 # The download starts in the browser once the zip exists: one click gives the zip of what is on screen.
@@ -127,7 +127,8 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
 
         with gr.Tabs():
             with gr.Tab("Filters", id="filters"):
-                c["filters_caption"] = gr.Markdown(H.filters_caption(loaded), elem_classes="caption")
+                c["filters_caption"] = gr.Markdown(H.filters_caption(loaded), elem_classes="caption",
+                                                   elem_id="filters-caption")
                 with gr.Row(equal_height=False):
                     c["filters"] = _picture("conv1 filters (click one)", export.filters_picture(loaded),
                                             elem_id="filters-grid", scale=1)
