@@ -119,8 +119,9 @@ def _bn(num_classes: int) -> list[tuple[str, nn.Module]]:
 
 def _cifar(num_classes: int) -> list[tuple[str, nn.Module]]:
     # For 32x32 images (CIFAR-10, Fashion-MNIST padded to 32) an 11x11 stride-4 first conv would leave
-    # almost nothing, so conv1 is 3x3 stride 1. The widths are torchvision's halved (32-96-192-128-128) and the FC layers 512 wide, so the
-    # network trains in minutes on two CPU cores: 32 -> 15 -> 7 -> 3 with the same overlapping pooling.
+    # almost nothing, so conv1 is 3x3 stride 1. The widths are torchvision's halved (32-96-192-128-128) and
+    # the FC layers 512 wide, so the network trains in minutes on two CPU cores: 32 -> 15 -> 7 -> 3 with the
+    # same overlapping pooling.
     return [
         ("conv1", nn.Conv2d(3, 32, kernel_size=3, padding=1)), ("relu1", _relu()),
         ("pool1", _pool()),
