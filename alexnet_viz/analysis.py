@@ -161,6 +161,6 @@ def resolve_target(loaded: LoadedModel, analysis: Analysis, target: int | str | 
         scores = analysis.logits.clone()
         scores[a] = -math.inf
         return Contrast(a, int(scores.argmax()))
-    if target is None or target == "":
+    if target is None or (isinstance(target, str) and not target.strip()):  # nothing typed: the top-1 class
         return analysis.top1.index
     return loaded.class_index(target)

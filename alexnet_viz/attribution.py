@@ -217,6 +217,19 @@ class Attribution:
     contrast: int | None = None  # the class B of a contrast: the map explains score[target] - score[contrast]
     steps: int | None = None  # integrated gradients: the steps of the integral reported
 
+    def to_dict(self) -> dict[str, Any]:
+        """What was computed and how, ready for strict JSON (``allow_nan=False``): non-finite numbers are None."""
+        return {
+            "method": self.method, "target": self.target, "contrast": self.contrast, "layer": self.layer,
+            "options": dict(self.options), "seconds": _finite(round(self.seconds, 4)),
+            "convergence_delta": None if self.convergence_delta is None else _finite(self.convergence_delta),
+            "steps": self.steps,
+        }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
 
 # ---- the methods: one Call -> Maps ----
 

@@ -640,3 +640,16 @@ def test_captum_notes_are_silenced_only_inside_the_call(model: nn.Sequential, x6
     with pytest.warns(UserWarning, match="Setting backward hooks"):
         GuidedBackprop(model).attribute(x64.clone().requires_grad_(True), target=TARGET)
     assert_clean(model)
+
+
+def test_to_dict_is_strict_json(model: nn.Sequential, x64: torch.Tensor) -> None:
+    import dataclasses
+    import json
+
+    attr = attribute(model, x64, "integrated_gradients", target=Contrast(TARGET, 5), n_steps=4)
+    data = json.loads(json.dumps(attr.to_dict(), allow_nan=False))
+    assert data == {"method": "integrated_gradients", "target": TARGET, "contrast": 5, "layer": None,
+                    "options": {"n_steps": 4, "internal_batch_size": 16, "tolerance": 0.01},
+                    "seconds": round(attr.seconds, 4), "convergence_delta": attr.convergence_delta, "steps": 4}
+    broken = dataclasses.replace(attr, convergence_delta=float("nan"), seconds=float("inf"))
+    assert json.loads(json.dumps(broken.to_dict(), allow_nan=False))["convergence_delta"] is None
