@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -144,12 +145,16 @@ class LoadedModel:
     def class_index(self, target: int | str) -> int:
         """A class index from an index (an int or ASCII digits) or a class name (case-insensitive, exact match
         first, then a unique part). Anything else is a TargetError that echoes at most 40 characters."""
-        if isinstance(target, bool) or not isinstance(target, int | str):
-            raise TargetError(f"A target is a class index or a class name, not {type(target).__name__}.")
-        if isinstance(target, int):
-            if not 0 <= target < self.num_classes:
-                raise TargetError(f"Class index {target} is out of range; this model has {self.num_classes} classes.")
-            return target
+        if not isinstance(target, str):
+            try:
+                if isinstance(target, bool):
+                    raise TypeError
+                number = operator.index(target)  # int, numpy and torch integers; not floats
+            except TypeError:
+                raise TargetError(f"A target is a class index or a class name, not {type(target).__name__}.") from None
+            if not 0 <= number < self.num_classes:
+                raise TargetError(f"Class index {number} is out of range; this model has {self.num_classes} classes.")
+            return number
         index = parse_class_index(target, self.num_classes)
         if index is not None:
             return index
