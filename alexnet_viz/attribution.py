@@ -94,6 +94,8 @@ Progress = Callable[[float, str], None]
 
 # Captum warns on every call that it sets hooks and will remove them; they are removed (a test checks), so
 # to a student the note is noise. Only these messages are silenced, and only around the methods' calls.
+# (Before Python 3.14's context-aware warnings, catch_warnings swaps one process-wide filter list: two models'
+# attributions overlapping can at worst let one note through or leave this one narrow filter in place.)
 _CAPTUM_HOOK_NOTES = r"\s*Setting (forward, )?backward hooks (on ReLU|and attributes)"
 
 
