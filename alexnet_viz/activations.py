@@ -1,14 +1,39 @@
-"""Capture the outputs of named layers during a forward pass, with hooks that never outlive the block."""
+"""Capture the outputs of named layers during a forward pass, with hooks that never outlive the block, and the
+lock that whoever hooks or runs a shared model holds.
+
+Hooks (ours and Captum's: guided backprop, deconvolution, DeepLift and Grad-CAM put them on the model's
+modules) are seen by every forward pass that runs meanwhile: a second request would get a wrong map, or a
+forward under ``torch.inference_mode`` would fail to register a tensor hook. So everything that runs a model
+shared between requests holds :func:`model_lock` of that model: two models (two architectures or devices in
+the app's pool) never wait for each other.
+"""
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-__all__ = ["capture"]
+__all__ = ["capture", "model_lock"]
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.Lock:
+    """The one lock of ``model``: the same object on every call, made on the first, gone with the model.
+
+    Kept beside the module rather than on it, so the module stays copyable and picklable.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.Lock()
+        return lock
 
 
 @contextmanager

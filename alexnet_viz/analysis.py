@@ -2,12 +2,16 @@
 
 ``analyze`` is the step every face (UI, CLI, notebook) calls; ``explain`` runs a Captum method on the
 very input tensor that ``analyze`` used, so maps and activations always describe the same pixels.
+``analyze(..., capture=False)`` predicts without hooking any layer (``activations`` is then empty): what an
+API call that only needs the top classes or one map should pay.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -17,14 +21,14 @@ import torch
 from PIL import Image
 
 from .activations import capture
-from .attribution import MODEL_LOCK
 from .images import ImageSource, load_image
+from .targets import Contrast
 
 if TYPE_CHECKING:
     from .attribution import Attribution
     from .model import LoadedModel
 
-__all__ = ["Analysis", "Prediction", "analyze", "explain", "input_view"]
+__all__ = ["Analysis", "Contrast", "Prediction", "analyze", "explain", "finite_or_none", "input_view", "resolve_target"]
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,12 @@ class Prediction:
 class Analysis:
     """Everything one forward pass computed for one image. Tensors live on the CPU, batch dim dropped."""
 
-    image: Image.Image  # the RGB image as given (after intake)
     view: Image.Image  # the resized, centre-cropped image the model saw, (S, S) - overlays go on this
     input: torch.Tensor  # (1, 3, S, S) normalised model input, CPU
     logits: torch.Tensor  # (num_classes,)
     probabilities: torch.Tensor  # (num_classes,) softmax of logits
     top_k: tuple[Prediction, ...]
-    activations: Mapping[str, torch.Tensor]  # layer -> (C, H, W) for conv/pool, (F,) for FC layers
+    activations: Mapping[str, torch.Tensor]  # layer -> (C, H, W) for conv/pool, (F,) for FC; {} if not captured
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds: decode, preprocess, forward
     arch: str = ""
     device: str = "cpu"
@@ -59,14 +62,21 @@ class Analysis:
         return float((act == 0).sum()) / max(act.numel(), 1)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready predictions, shapes and timings."""
+        """Predictions, shapes and timings, ready for strict JSON (``json.dumps(..., allow_nan=False)``): a
+        value that is not a finite number (a probability from weights that overflow) is ``None`` (null)."""
         return {
             "arch": self.arch,
             "device": self.device,
-            "top_k": [{"index": p.index, "label": p.label, "probability": p.probability} for p in self.top_k],
+            "top_k": [{"index": p.index, "label": p.label, "probability": finite_or_none(p.probability)}
+                      for p in self.top_k],
             "layers": {name: list(a.shape) for name, a in self.activations.items()},
-            "timings_ms": {k: round(v * 1000, 2) for k, v in self.timings.items()},
+            "timings_ms": {k: finite_or_none(round(v * 1000, 2)) for k, v in self.timings.items()},
         }
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value`` if it is a finite number, else None: strict JSON has no NaN or Infinity."""
+    return value if math.isfinite(value) else None
 
 
 def input_view(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Image.Image:
@@ -77,16 +87,17 @@ def input_view(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...])
     return Image.fromarray((rgb.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
 
 
-def analyze(loaded: LoadedModel, image: ImageSource, *, top_k: int = 5) -> Analysis:
-    """Load ``image``, run ONE forward pass with every visible layer hooked, and return the result."""
+def analyze(loaded: LoadedModel, image: ImageSource, *, top_k: int = 5, capture: bool = True) -> Analysis:
+    """Load ``image``, run ONE forward pass and return the result; with ``capture`` every visible layer's output
+    is kept too (``capture=False``: no hooks, ``activations`` empty, for callers that need only predictions)."""
     t0 = time.perf_counter()
     pil = image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image)
     t1 = time.perf_counter()
     x = loaded.preprocess(pil)  # (1, 3, S, S); made outside inference mode so attribution can use it
     t2 = time.perf_counter()
     # The model is shared by every visitor: capture's hooks (and Captum's) must not see another
-    # request's forward pass, so forwards and attributions take turns.
-    with MODEL_LOCK, torch.inference_mode(), capture(loaded.module, loaded.layer_names) as acts:
+    # request's forward pass, so forwards and attributions on this model take turns.
+    with loaded.lock, torch.inference_mode(), _capture(loaded, capture) as acts:
         logits = loaded.module(x)[0].float()  # (num_classes,)
     if loaded.device.type == "cuda":
         torch.cuda.synchronize(loaded.device)
@@ -100,7 +111,6 @@ def analyze(loaded: LoadedModel, image: ImageSource, *, top_k: int = 5) -> Analy
     )
     x_cpu = x.detach().cpu()
     return Analysis(
-        image=pil,
         view=input_view(x_cpu, loaded.mean, loaded.std),
         input=x_cpu,
         logits=logits,
@@ -113,23 +123,44 @@ def analyze(loaded: LoadedModel, image: ImageSource, *, top_k: int = 5) -> Analy
     )
 
 
+def _capture(loaded: LoadedModel, enabled: bool) -> AbstractContextManager[dict[str, torch.Tensor]]:
+    return capture(loaded.module, loaded.layer_names) if enabled else nullcontext({})
+
+
 def explain(
     loaded: LoadedModel,
     subject: Analysis | ImageSource,
     method: str,
     *,
-    target: int | str | None = None,
+    target: int | str | Contrast | None = None,
     layer: str | None = None,
     progress: Callable[[float, str], None] | None = None,
     **options: float,
 ) -> Attribution:
-    """Run attribution ``method`` for ``target`` (index, class name, or None for the top-1 class).
+    """Run attribution ``method`` for ``target``: an index, a class name, None for the top-1 class, or
+    ``Contrast(a, b)`` (names or indices) for "why a and not b".
 
-    ``subject`` is an Analysis (its input tensor is reused) or anything ``load_image`` accepts.
+    ``subject`` is an Analysis (its input tensor and scores are reused) or anything ``load_image`` accepts
+    (then only a prediction is made, no layer captured). In a Contrast, ``b=None`` is the runner-up: the
+    best-scoring class other than ``a``, read off the analysis.
     """
     from .attribution import attribute
 
-    analysis = subject if isinstance(subject, Analysis) else analyze(loaded, subject)
-    index = analysis.top1.index if target is None or target == "" else loaded.class_index(target)
+    analysis = subject if isinstance(subject, Analysis) else analyze(loaded, subject, capture=False)
+    resolved = resolve_target(loaded, analysis, target)
     x = analysis.input.to(loaded.device)
-    return attribute(loaded.module, x, method, target=index, progress=progress, layer=layer or None, **options)
+    return attribute(loaded.module, x, method, target=resolved, progress=progress, layer=layer or None, **options)
+
+
+def resolve_target(loaded: LoadedModel, analysis: Analysis, target: int | str | Contrast | None) -> int | Contrast:
+    """An index, or a Contrast of two indices, from what a person or a caller gave (see :func:`explain`)."""
+    if isinstance(target, Contrast):
+        a = loaded.class_index(target.a)
+        if target.b is not None:
+            return Contrast(a, loaded.class_index(target.b))
+        scores = analysis.logits.clone()
+        scores[a] = -math.inf
+        return Contrast(a, int(scores.argmax()))
+    if target is None or (isinstance(target, str) and not target.strip()):  # nothing typed: the top-1 class
+        return analysis.top1.index
+    return loaded.class_index(target)

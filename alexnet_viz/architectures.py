@@ -1,4 +1,5 @@
-"""The AlexNet variants of the seed documents, as flat ``nn.Sequential`` models with human layer names.
+"""AlexNet and its common variants (Krizhevsky, Sutskever & Hinton 2012, "ImageNet Classification with Deep
+Convolutional Neural Networks"), as flat ``nn.Sequential`` models with human layer names.
 
 Every builder returns ``nn.Sequential(OrderedDict(conv1=..., relu1=..., ..., fc8=...))``, so
 ``model.conv5`` is the fifth convolution everywhere: in hooks, Captum layer methods, the summary
@@ -35,7 +36,7 @@ def _relu() -> nn.ReLU:
 
 
 def _lrn() -> nn.LocalResponseNorm:
-    # The paper (and seed 003's formula) use b = a / (k + alpha * sum(a^2))^beta with alpha = 1e-4.
+    # The paper (section 3.3) uses b = a / (k + alpha * sum(a^2))^beta with k=2, n=5, alpha=1e-4, beta=0.75.
     # torch divides alpha by `size` (Caffe's convention), so pass size * alpha to get the paper's.
     size = 5
     return nn.LocalResponseNorm(size=size, alpha=size * 1e-4, beta=0.75, k=2.0)
@@ -78,8 +79,8 @@ def _torchvision(num_classes: int) -> list[tuple[str, nn.Module]]:
 
 
 def _paper(num_classes: int, *, groups: int = 1) -> list[tuple[str, nn.Module]]:
-    # Krizhevsky et al. 2012 on a 227x227 input: 55 -> 27 -> 13 -> 6 (seed 003's table).
-    # groups=2 splits conv2, conv4 and conv5 as on the paper's two GPUs (seed 004); conv3 and the
+    # Krizhevsky et al. 2012 on a 227x227 input (the paper's "224" does not divide out): 55 -> 27 -> 13 -> 6.
+    # groups=2 splits conv2, conv4 and conv5 as on the paper's two GPUs (its figure 2); conv3 and the
     # FC layers read both towers, as in the paper.
     return [
         ("conv1", nn.Conv2d(3, 96, kernel_size=11, stride=4)), ("relu1", _relu()), ("lrn1", _lrn()),
@@ -96,8 +97,8 @@ def _paper(num_classes: int, *, groups: int = 1) -> list[tuple[str, nn.Module]]:
 
 
 def _bn(num_classes: int) -> list[tuple[str, nn.Module]]:
-    # Seed 001's Keras model: BatchNorm after the ReLU of conv1 and conv2 instead of LRN, 224 input,
-    # unpadded first conv: 54 -> 26 -> 12 -> 5. Keras' BatchNormalization defaults are
+    # The common Keras re-implementation: BatchNorm after the ReLU of conv1 and conv2 instead of LRN, 224
+    # input, unpadded first conv: 54 -> 26 -> 12 -> 5. Keras' BatchNormalization defaults are
     # momentum 0.99 (torch: 1 - 0.99) and epsilon 1e-3.
     def bn(channels: int) -> nn.BatchNorm2d:
         return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
@@ -117,9 +118,10 @@ def _bn(num_classes: int) -> list[tuple[str, nn.Module]]:
 
 
 def _cifar(num_classes: int) -> list[tuple[str, nn.Module]]:
-    # Seed 003's advice for 32x32 images (CIFAR-10, Fashion-MNIST padded to 32): a 3x3 stride-1 first
-    # conv. The widths are torchvision's halved (32-96-192-128-128) and the FC layers 512 wide, so the
-    # network trains in minutes on two CPU cores: 32 -> 15 -> 7 -> 3 with the same overlapping pooling.
+    # For 32x32 images (CIFAR-10, Fashion-MNIST padded to 32) an 11x11 stride-4 first conv would leave
+    # almost nothing, so conv1 is 3x3 stride 1. The widths are torchvision's halved (32-96-192-128-128) and
+    # the FC layers 512 wide, so the network trains in minutes on two CPU cores: 32 -> 15 -> 7 -> 3 with the
+    # same overlapping pooling.
     return [
         ("conv1", nn.Conv2d(3, 32, kernel_size=3, padding=1)), ("relu1", _relu()),
         ("pool1", _pool()),
@@ -155,14 +157,15 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ArchSpec("paper", "AlexNet 2012, one tower, LRN (96-256-384-384-256)", 227, _paper),
         ArchSpec("paper-2gpu", "AlexNet 2012, two-GPU grouped conv2/4/5", 227,
                  lambda n: _paper(n, groups=2)),
-        ArchSpec("bn", "seed 001: BatchNorm instead of LRN, 224 input", 224, _bn),
-        ArchSpec("cifar", "small-input AlexNet for 32x32 images (seed 003: 3x3 stride-1 conv1)", 32, _cifar),
+        ArchSpec("bn", "AlexNet with BatchNorm instead of LRN, 224 input", 224, _bn),
+        ArchSpec("cifar", "small-input AlexNet for 32x32 images (3x3 stride-1 conv1)", 32, _cifar),
     )
 }
 
 
 def _init_weights(model: nn.Module) -> None:
-    """Seed 003's initialisation: Kaiming (fan_out, ReLU) for convs, N(0, 0.01) for linears."""
+    """Kaiming normal (fan_out, ReLU) for convs (He et al. 2015), so every variant trains from scratch without
+    the paper's per-layer bias tuning; N(0, 0.01) for linears, the paper's initialisation."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

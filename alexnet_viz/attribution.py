@@ -1,12 +1,18 @@
 """Attribution maps through Captum, ten methods behind one call::
 
-    attr = attribute(model, x, "integrated_gradients", target=281, n_steps=32)
+    attr = attribute(model, x, "integrated_gradients", target=281)
     attr.heatmap  # (H, W) float32 on the CPU, pixel-aligned with x
+    attribute(model, x, "saliency", target=Contrast(281, 282))  # why tabby and not tiger cat
 
 ``model`` is an eval-mode network such as :func:`alexnet_viz.architectures.build_model` returns, ``x``
 a ``(1, 3, H, W)`` normalised input on the model's device. Options are numeric keyword arguments,
 checked against the method's :class:`OptionSpec` bounds (the UI builds its sliders from the same specs);
 Grad-CAM's layer is the string keyword ``layer``.
+
+Each method is one :class:`MethodSpec` in :data:`METHODS`: its words, options, runner, the forward passes it
+costs (for progress), what to lower when memory runs out, and whether it can show a contrast. The CLI's
+``--method`` choices, the page's method list and the API are built from that table, so a new method is one
+``METHODS.register(MethodSpec(...))`` plus its tests.
 
 Heatmap conventions (``heatmap`` is what a student sees; ``raw`` is what Captum returned, batch dim
 dropped, ``(3, H, W)``):
@@ -14,9 +20,10 @@ dropped, ``(3, H, W)``):
 - saliency: ``max`` over channels of ``|d logit / dx|``, as Simonyan et al. (2014) show it. ``raw`` keeps
   the signed gradient (Captum's ``Saliency(abs=False)``).
 - input_x_gradient, integrated_gradients, deeplift: signed, summed over channels. IG's map adds up to
-  ``f(x)[t] - f(baseline)[t]`` up to ``convergence_delta``. DeepLIFT's would too, but Captum 0.9's rules
-  are not exact on AlexNet (max-pool windows overlap; a ReLU feeding a max-pool hides the pool's rule;
-  LRN has none), so its reported delta can be a large share of the change.
+  ``f(x)[t] - f(baseline)[t]`` up to ``convergence_delta``; by default it doubles its Gauss-Legendre steps
+  (8, 16, 32, ...) until that error is within ``tolerance`` (1%) of the change, or ``n_steps`` is reached.
+  DeepLIFT's would add up too, but Captum 0.9's rules are not exact on AlexNet (max-pool windows overlap; a
+  ReLU feeding a max-pool hides the pool's rule; LRN has none), so its delta can be a large share of the change.
 - occlusion: signed. A window spans all three channels, so every channel holds the same value; the
   heatmap is that value (the channel mean): the average drop of the target logit when a window covering
   the pixel is replaced by the baseline. Summing channels would just triple it.
@@ -25,21 +32,26 @@ dropped, ``(3, H, W)``):
   noisy copies and takes the magnitude afterwards (Smilkov et al. 2017).
 - gradcam: ``ReLU(sum_k mean(dy/dA_k) * A_k)`` where ``A`` is the rectified output of the chosen
   convolution (the output of the ReLU that follows it, as in Selvaraju et al.'s Caffe models, whose
-  in-place ReLUs make a "conv" blob rectified). ``raw`` is that ``(h, w)`` layer-resolution map; the
-  heatmap is it bilinearly upsampled to ``(H, W)``. guided_gradcam is Captum's ``GuidedGradCam`` on the
-  same activation (guided backprop times the upsampled Grad-CAM map).
+  in-place ReLUs make a "conv" blob rectified). ``raw`` is the ``(h, w)`` layer-resolution map *before* that
+  final ReLU (signed: for a contrast, its negative part is evidence for the other class); the heatmap is its
+  ReLU bilinearly upsampled to ``(H, W)``. guided_gradcam is Captum's ``GuidedGradCam`` on the same
+  activation (guided backprop times the upsampled Grad-CAM map).
+
+Contrasts (:class:`~alexnet_viz.targets.Contrast`): the model is wrapped so that its one output is
+``score[a] - score[b]``; every method that is linear in the output's gradient (or, for occlusion, in the
+output) then shows what separates the two classes. Guided backpropagation and deconvolution are not: their
+maps hardly depend on the class (Adebayo et al. 2018), so ``A - B`` looks like ``A``; their specs say so
+(``contrastive=False``, ``contrast_note``) and a contrast is refused.
 
 Baselines (integrated gradients, deeplift, occlusion) are zeros *of the normalised input*: the dataset
 mean colour, a flat grey-brown image, not black. Smoothgrad's noise has standard deviation
 ``sigma * (x.max() - x.min())`` and a fixed seed, so the same image gives the same map.
 
 Concurrency: guided backprop, deconvolution, DeepLift and (guided) Grad-CAM put hooks on the model's
-modules, and DeepLift also rewrites the model's input through a hook on the model itself. The model is
-shared by every visitor of a Space, so a request running meanwhile passes through those hooks: a second
-attribution gets a wrong map, and a forward pass under ``torch.inference_mode`` raises "cannot register
-a hook on a tensor that doesn't require gradient". :data:`MODEL_LOCK` serialises every :func:`attribute`
-call; anything else that runs this model (``analyze``'s forward pass) must hold it too. On 2 CPU cores,
-parallel attributions would not be faster anyway.
+modules, and DeepLift also rewrites the model's input through a hook on the model itself. A model shared by
+every visitor of a Space would pass another request's forward through those hooks, so :func:`attribute`
+holds the model's own lock (:func:`alexnet_viz.activations.model_lock`, also ``LoadedModel.lock``), which
+``analyze`` takes too. Different models do not wait for each other.
 """
 
 from __future__ import annotations
@@ -52,20 +64,25 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import nn
 
+from .activations import model_lock
 from .errors import UserError, is_out_of_memory
+from .registry import Registry
+from .targets import Contrast
 
 __all__ = [
     "METHODS",
-    "MODEL_LOCK",
     "Attribution",
     "AttributionError",
+    "Call",
+    "Contrast",
+    "Maps",
     "MethodSpec",
     "OptionError",
     "OptionSpec",
@@ -76,11 +93,10 @@ __all__ = [
 Progress = Callable[[float, str], None]
 
 # Captum warns on every call that it sets hooks and will remove them; they are removed (a test checks), so
-# to a student the note is noise. Only these two messages are silenced.
-warnings.filterwarnings("ignore", message=r"\s*Setting (forward, )?backward hooks (on ReLU|and attributes)")
-
-MODEL_LOCK = threading.Lock()
-"""Held around every attribution: Captum's hook-based methods temporarily change the shared model."""
+# to a student the note is noise. Only these messages are silenced, and only around the methods' calls.
+# (Before Python 3.14's context-aware warnings, catch_warnings swaps one process-wide filter list: two models'
+# attributions overlapping can at worst let one note through or leave this one narrow filter in place.)
+_CAPTUM_HOOK_NOTES = r"\s*Setting (forward, )?backward hooks (on ReLU|and attributes)"
 
 
 class AttributionError(UserError):
@@ -108,214 +124,17 @@ class OptionSpec:
         return isinstance(self.default, int)
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    title: str
-    caption: str  # one sentence that teaches what the map shows
-    signed: bool  # the heatmap has a meaningful sign: show it with a diverging colormap
-    slow: bool  # many forward passes: reports progress
-    options: tuple[OptionSpec, ...] = ()
-    layer_based: bool = False  # takes a `layer` (a convolution's name)
-
-    def option(self, name: str) -> OptionSpec:
-        for opt in self.options:
-            if opt.name == name:
-                return opt
-        raise KeyError(name)
-
-
 @dataclass(frozen=True, eq=False)
-class Attribution:
-    """One attribution map for one input and one target class. Tensors live on the CPU."""
+class Call:
+    """What a method's runner gets: the model to attribute (for a contrast, wrapped so that its single
+    output is ``score[a] - score[b]``), a detached copy of the input, the output index to pass to Captum,
+    the resolved options, and for layer-based methods the module whose output is Grad-CAM's ``A``."""
 
-    method: str
-    target: int
-    heatmap: torch.Tensor  # (H, W) float32, aligned with the input; signed if `signed`, else >= 0
-    raw: torch.Tensor  # (3, H, W) as Captum returned it; gradcam: the (h, w) layer-resolution map
-    signed: bool
-    options: Mapping[str, float | int]  # the values used, defaults filled in
-    seconds: float  # compute time, not counting the wait for MODEL_LOCK
-    convergence_delta: float | None = None  # integrated gradients, deeplift: sum(raw) - (f(x) - f(0))
-    layer: str | None = None  # gradcam, guided_gradcam: the convolution whose rectified output was used
-
-
-_BATCH_HELP = "Images per forward pass: higher is a little faster and needs more memory."
-
-METHODS: dict[str, MethodSpec] = {
-    spec.name: spec
-    for spec in (
-        MethodSpec(
-            "saliency", "Saliency (gradient)",
-            "How much a tiny change of each pixel would move the class score: the largest absolute "
-            "gradient over the three colour channels.",
-            signed=False, slow=False,
-        ),
-        MethodSpec(
-            "input_x_gradient", "Input × gradient",
-            "Each pixel's value times its gradient, a first-order estimate of its contribution: positive "
-            "pixels push the class score up, negative ones pull it down.",
-            signed=True, slow=False,
-        ),
-        MethodSpec(
-            "guided_backprop", "Guided backpropagation",
-            "The gradient with every ReLU passing back only positive signals, which shows the sharp edges "
-            "and textures that excite the class score.",
-            signed=False, slow=False,
-        ),
-        MethodSpec(
-            "deconvolution", "Deconvolution (Zeiler & Fergus)",
-            "The class signal projected back through the network with ReLUs applied to the backward "
-            "signal, showing the patterns the network responds to rather than this image's evidence.",
-            signed=False, slow=False,
-        ),
-        MethodSpec(
-            "integrated_gradients", "Integrated gradients",
-            "Gradients averaged along a straight path from the mean image to this photo, times the "
-            "difference, so the map adds up to how much the class score changed.",
-            signed=True, slow=True,
-            options=(
-                OptionSpec("n_steps", 32, 4, 200, 1, "Steps",
-                           "Points on the path from the mean image to the photo: more is exact and slower."),
-                OptionSpec("internal_batch_size", 16, 1, 64, 1, "Batch size", _BATCH_HELP),
-            ),
-        ),
-        MethodSpec(
-            "smoothgrad", "SmoothGrad",
-            "The gradient averaged over many noisy copies of the image, which removes speckle and keeps "
-            "what stays important under small changes.",
-            signed=False, slow=True,
-            options=(
-                OptionSpec("samples", 16, 1, 64, 1, "Noisy samples",
-                           "Noisy copies to average: more gives a smoother map and takes longer."),
-                OptionSpec("sigma", 0.15, 0.0, 0.5, 0.01, "Noise level",
-                           "Noise standard deviation as a fraction of the image's value range."),
-                OptionSpec("nt_samples_batch_size", 16, 1, 64, 1, "Batch size", _BATCH_HELP),
-            ),
-        ),
-        MethodSpec(
-            "gradcam", "Grad-CAM",
-            "Where the chosen convolution layer's features support this class: its channels weighted by "
-            "their average gradient, kept where positive and enlarged to the image.",
-            signed=False, slow=False, layer_based=True,
-        ),
-        MethodSpec(
-            "guided_gradcam", "Guided Grad-CAM",
-            "Guided backpropagation's fine detail kept only inside Grad-CAM's coarse class region, so it "
-            "is both sharp and specific to the class.",
-            signed=False, slow=False, layer_based=True,
-        ),
-        MethodSpec(
-            "occlusion", "Occlusion",
-            "How much the class score drops when a mean-colour square hides each region: a direct "
-            "experiment with one forward pass per position.",
-            signed=True, slow=True,
-            options=(
-                OptionSpec("window", 32, 8, 64, 1, "Window (px)",
-                           "Side of the square that hides part of the image (default scales with the image)."),
-                OptionSpec("stride", 16, 4, 64, 1, "Stride (px)",
-                           "Step between window positions (at most the window): smaller is finer, slower."),
-                OptionSpec("perturbations_per_eval", 16, 1, 64, 1, "Batch size", _BATCH_HELP),
-            ),
-        ),
-        MethodSpec(
-            "deeplift", "DeepLIFT",
-            "Each pixel's share of how far the class score moved from the mean image's, passed back layer "
-            "by layer with DeepLIFT's difference rules instead of gradients.",
-            signed=True, slow=False,
-        ),
-    )
-}
-
-# What to say when a method runs out of memory: the method's name inside a sentence, and what to lower.
-_OOM_MESSAGE = {
-    "saliency": ("the saliency map", "try a smaller image"),
-    "input_x_gradient": ("input × gradient", "try a smaller image"),
-    "guided_backprop": ("guided backpropagation", "try a smaller image"),
-    "deconvolution": ("the deconvolution map", "try a smaller image"),
-    "integrated_gradients": ("integrated gradients", "lower the steps or batch size"),
-    "smoothgrad": ("SmoothGrad", "lower the samples or batch size"),
-    "gradcam": ("Grad-CAM", "try a smaller image"),
-    "guided_gradcam": ("guided Grad-CAM", "try a smaller image"),
-    "occlusion": ("the occlusion map", "lower the batch size or raise the stride"),
-    "deeplift": ("DeepLIFT", "try a smaller image"),
-}
-
-# Attributes DeepLift sets on modules during the forward pass and deletes in the backward pass: an
-# exception in between would leave them (and their tensors) on the shared model.
-_DEEPLIFT_ATTRS = ("input", "output", "input_ref")
-
-
-def attribute(
-    model: nn.Module,
-    x: torch.Tensor,
-    method: str,
-    *,
-    target: int,
-    progress: Progress | None = None,
-    layer: str | None = None,
-    **options: float | int | None,
-) -> Attribution:
-    """Attribute ``model(x)[0, target]`` to the pixels of ``x`` (1, 3, H, W) with ``method``.
-
-    Options missing (or None) take their defaults. Raises :class:`OptionError` (a ValueError) for a bad
-    method, option, layer, target or input, and :class:`AttributionError` for running out of memory.
-    ``progress(fraction, message)`` gets non-decreasing fractions ending at 1.0.
-    """
-    spec = METHODS.get(method)
-    if spec is None:
-        raise OptionError(f"Unknown attribution method {method!r}; choose one of {', '.join(METHODS)}.")
-    opts = _resolve_options(spec, options)
-    _check_input(x)
-    if model.training:
-        raise OptionError("The model is in training mode (dropout is random); call model.eval() first.")
-    layer_name, layer_module = _resolve_layer(model, spec, layer)
-
-    with MODEL_LOCK:
-        t0 = time.perf_counter()
-        with torch.inference_mode(False):  # gradients are needed even if the caller is in inference mode
-            x0 = x.detach().clone()  # (1, 3, H, W) ours; a normal tensor even if x is an inference one
-        target = _check_target(model, x0, target)
-        if spec.name == "occlusion":
-            _fit_occlusion(spec, opts, options, side=min(x0.shape[2], x0.shape[3]))
-        report = _Reporter(progress, spec.title)
-        report(0.0, f"{spec.title}: starting")
-        leftovers = _attrs_present(model)
-        try:
-            with (
-                torch.inference_mode(False),
-                torch.enable_grad(),
-                _count_batches(model, report, _expected_batches(spec.name, opts, x0)),
-            ):
-                raw, heatmap, delta = _RUNNERS[spec.name](_Call(model, x0, target, opts, layer_module))
-        except (MemoryError, RuntimeError) as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
-            if not is_out_of_memory(err):
-                raise
-            if x0.is_cuda:
-                torch.cuda.empty_cache()
-            what, hint = _OOM_MESSAGE[spec.name]
-            raise AttributionError(f"Ran out of memory computing {what}; {hint}.") from err
-        finally:
-            _remove_new_attrs(model, leftovers)
-        heatmap = heatmap.detach().float().cpu().contiguous()
-        raw = raw.detach().float().cpu().contiguous()
-        seconds = time.perf_counter() - t0
-        report(1.0, f"{spec.title}: done")
-    return Attribution(
-        method=spec.name, target=target, heatmap=heatmap, raw=raw, signed=spec.signed,
-        options=MappingProxyType(opts), seconds=seconds, convergence_delta=delta, layer=layer_name,
-    )
-
-
-# ---- the methods: one call -> (raw, heatmap (H, W), convergence delta) ----
-
-@dataclass(frozen=True, eq=False)
-class _Call:
     model: nn.Module
-    x: torch.Tensor  # (1, 3, H, W), a detached copy of the caller's input
+    x: torch.Tensor  # (1, 3, H, W)
     target: int
     opts: Mapping[str, float | int]
-    layer: nn.Module | None  # Grad-CAM methods: the module whose output is A
+    layer: nn.Module | None = None
 
     def leaf(self) -> torch.Tensor:
         # A fresh leaf that requires grad: Captum would otherwise set requires_grad on it (with a
@@ -333,48 +152,160 @@ class _Call:
         return lambda t: self.model(t.contiguous(memory_format=torch.channels_last))
 
 
-Result = tuple[torch.Tensor, torch.Tensor, float | None]
+@dataclass(frozen=True, eq=False)
+class Maps:
+    """A runner's answer: ``raw`` (what Captum returned, batch dim dropped), the ``(H, W)`` heatmap, and for
+    methods that promise completeness the error ``sum(raw) - (f(x) - f(baseline))`` and the steps used."""
+
+    raw: torch.Tensor
+    heatmap: torch.Tensor
+    delta: float | None = None
+    steps: int | None = None
 
 
-def _saliency(c: _Call) -> Result:
+Runner = Callable[[Call], Maps]
+Passes = Callable[[Mapping[str, float | int], tuple[int, int]], int]  # (options, (H, W)) -> forward passes
+
+
+def _no_counted_passes(_opts: Mapping[str, float | int], _size: tuple[int, int]) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything about one attribution method; the CLI, the page and the API are generated from these."""
+
+    name: str
+    title: str
+    caption: str  # one sentence that teaches what the map shows
+    signed: bool  # the heatmap has a meaningful sign: show it with a diverging colormap
+    slow: bool  # many forward passes: reports progress
+    options: tuple[OptionSpec, ...] = ()
+    layer_based: bool = False  # takes a `layer` (a convolution's name)
+    runner: Runner = field(kw_only=True)  # Call -> Maps
+    phrase: str = field(default="", kw_only=True)  # the method inside a sentence ("the saliency map")
+    passes: Passes = field(default=_no_counted_passes, kw_only=True)  # forward passes, for progress (0: not counted)
+    memory_hint: str = field(default="try a smaller image", kw_only=True)  # what to lower when memory runs out
+    contrastive: bool = field(default=True, kw_only=True)  # can explain score[a] - score[b]
+    contrast_note: str = field(default="", kw_only=True)  # when not contrastive: why, in one sentence
+    # Adjusts defaults to the input before the run: (options resolved, options given, (H, W)) -> None.
+    fit: Callable[[dict[str, float | int], Mapping[str, Any], tuple[int, int]], None] | None = field(
+        default=None, kw_only=True)
+
+    def option(self, name: str) -> OptionSpec:
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        raise KeyError(name)
+
+    @property
+    def in_words(self) -> str:
+        return self.phrase or self.title
+
+
+@dataclass(frozen=True, eq=False)
+class Attribution:
+    """One attribution map for one input and one target class. Tensors live on the CPU."""
+
+    method: str
+    target: int
+    heatmap: torch.Tensor  # (H, W) float32, aligned with the input; signed if `signed`, else >= 0
+    raw: torch.Tensor  # (3, H, W) as Captum returned it; gradcam: the (h, w) layer-resolution map before ReLU
+    signed: bool
+    options: Mapping[str, float | int]  # the values used, defaults filled in
+    seconds: float  # compute time, not counting the wait for the model's lock
+    convergence_delta: float | None = None  # integrated gradients, deeplift: sum(raw) - (f(x) - f(0))
+    layer: str | None = None  # gradcam, guided_gradcam: the convolution whose rectified output was used
+    contrast: int | None = None  # the class B of a contrast: the map explains score[target] - score[contrast]
+    steps: int | None = None  # integrated gradients: the steps of the integral reported
+
+    def to_dict(self) -> dict[str, Any]:
+        """What was computed and how, ready for strict JSON (``allow_nan=False``): non-finite numbers are None."""
+        return {
+            "method": self.method, "target": self.target, "contrast": self.contrast, "layer": self.layer,
+            "options": dict(self.options), "seconds": _finite(round(self.seconds, 4)),
+            "convergence_delta": None if self.convergence_delta is None else _finite(self.convergence_delta),
+            "steps": self.steps,
+        }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+# ---- the methods: one Call -> Maps ----
+
+def _saliency(c: Call) -> Maps:
     from captum.attr import Saliency
 
     raw = Saliency(c.model).attribute(c.leaf(), target=c.target, abs=False)[0]  # (3, H, W) signed
-    return raw, raw.abs().amax(dim=0), None
+    return Maps(raw, raw.abs().amax(dim=0))
 
 
-def _input_x_gradient(c: _Call) -> Result:
+def _input_x_gradient(c: Call) -> Maps:
     from captum.attr import InputXGradient
 
     raw = InputXGradient(c.model).attribute(c.leaf(), target=c.target)[0]
-    return raw, raw.sum(dim=0), None
+    return Maps(raw, raw.sum(dim=0))
 
 
-def _guided_backprop(c: _Call) -> Result:
+def _guided_backprop(c: Call) -> Maps:
     from captum.attr import GuidedBackprop
 
     raw = GuidedBackprop(c.model).attribute(c.leaf(), target=c.target)[0]
-    return raw, raw.abs().sum(dim=0), None
+    return Maps(raw, raw.abs().sum(dim=0))
 
 
-def _deconvolution(c: _Call) -> Result:
+def _deconvolution(c: Call) -> Maps:
     from captum.attr import Deconvolution
 
     raw = Deconvolution(c.model).attribute(c.leaf(), target=c.target)[0]
-    return raw, raw.abs().sum(dim=0), None
+    return Maps(raw, raw.abs().sum(dim=0))
 
 
-def _integrated_gradients(c: _Call) -> Result:
+def _ig_levels(opts: Mapping[str, float | int]) -> list[int]:
+    """The step counts integrated gradients tries in turn: n_steps alone at tolerance 0, else 8, 16, ...
+    doubling up to n_steps (Gauss-Legendre nodes do not nest, so each level is a fresh integral)."""
+    cap = int(opts["n_steps"])
+    if float(opts["tolerance"]) <= 0 or cap <= 8:
+        return [cap]
+    levels = [8]
+    while levels[-1] * 2 < cap:
+        levels.append(levels[-1] * 2)
+    return [*levels, cap]
+
+
+def _ig_passes(opts: Mapping[str, float | int], _size: tuple[int, int]) -> int:
+    # f(x) and f(baseline) in one batch for the completeness error, then ceil(steps / batch) per level
+    batch = int(opts["internal_batch_size"])
+    return 1 + sum(math.ceil(k / batch) for k in _ig_levels(opts))
+
+
+def _integrated_gradients(c: Call) -> Maps:
     from captum.attr import IntegratedGradients
 
-    attrs, delta = IntegratedGradients(c.batched()).attribute(
-        c.leaf(), baselines=torch.zeros_like(c.x), target=c.target, n_steps=c.whole("n_steps"),
-        internal_batch_size=c.whole("internal_batch_size"), return_convergence_delta=True,
-    )
-    return attrs[0], attrs[0].sum(dim=0), float(delta.reshape(-1)[0])
+    baseline = torch.zeros_like(c.x)
+    with torch.no_grad():
+        ends = c.model(torch.cat([c.x, baseline]))[:, c.target]  # f(x), f(baseline): one pass
+    change = float(ends[0] - ends[1])
+    tolerance = float(c.opts["tolerance"]) * abs(change)
+    ig = IntegratedGradients(c.batched())
+    attrs, delta, steps = torch.zeros_like(c.x), math.inf, 0
+    for steps in _ig_levels(c.opts):
+        attrs = ig.attribute(c.leaf(), baselines=baseline, target=c.target, n_steps=steps, method="gausslegendre",
+                             internal_batch_size=c.whole("internal_batch_size"))
+        delta = float(attrs.detach().sum(dtype=torch.float64)) - change
+        if abs(delta) <= tolerance:
+            break
+    return Maps(attrs[0], attrs[0].sum(dim=0), delta, steps)
 
 
-def _smoothgrad(c: _Call) -> Result:
+def _smoothgrad_passes(opts: Mapping[str, float | int], _size: tuple[int, int]) -> int:
+    samples = int(opts["samples"])
+    return math.ceil(samples / min(samples, int(opts["nt_samples_batch_size"])))
+
+
+def _smoothgrad(c: Call) -> Maps:
     from captum.attr import NoiseTunnel, Saliency
 
     stdev = float(c.opts["sigma"]) * float(c.x.max() - c.x.min())  # Captum asserts a Python float
@@ -384,28 +315,48 @@ def _smoothgrad(c: _Call) -> Result:
             nt_samples_batch_size=c.whole("nt_samples_batch_size"), stdevs=stdev, target=c.target,
             abs=False,  # average the signed gradient, then take its magnitude, as Smilkov et al. do
         )[0]
-    return raw, raw.abs().sum(dim=0), None
+    return Maps(raw, raw.abs().sum(dim=0))
 
 
-def _gradcam(c: _Call) -> Result:
+def _gradcam(c: Call) -> Maps:
     from captum.attr import LayerAttribution, LayerGradCam
 
-    cam = LayerGradCam(c.model, c.layer).attribute(c.leaf(), target=c.target, relu_attributions=True)
-    cam = torch.as_tensor(cam)  # (1, 1, h, w)
-    up = LayerAttribution.interpolate(cam, tuple(c.x.shape[2:]), interpolate_mode="bilinear")  # (1, 1, H, W)
-    return cam[0, 0], up[0, 0], None
+    cam = LayerGradCam(c.model, c.layer).attribute(c.leaf(), target=c.target, relu_attributions=False)
+    cam = torch.as_tensor(cam)  # (1, 1, h, w), before the final ReLU
+    up = LayerAttribution.interpolate(cam.clamp(min=0), tuple(c.x.shape[2:]), interpolate_mode="bilinear")
+    return Maps(cam[0, 0], up[0, 0])  # raw (h, w) signed; heatmap (H, W) >= 0
 
 
-def _guided_gradcam(c: _Call) -> Result:
+def _guided_gradcam(c: Call) -> Maps:
     from captum.attr import GuidedGradCam
 
     raw = GuidedGradCam(c.model, c.layer).attribute(c.leaf(), target=c.target, interpolate_mode="bilinear")
     if raw.numel() == 0:  # Captum swallows an upsampling failure and returns an empty tensor
         raise AttributionError("Guided Grad-CAM could not enlarge the layer's map to the image size.")
-    return raw[0], raw[0].abs().sum(dim=0), None
+    return Maps(raw[0], raw[0].abs().sum(dim=0))
 
 
-def _occlusion(c: _Call) -> Result:
+def _occlusion_passes(opts: Mapping[str, float | int], size: tuple[int, int]) -> int:
+    # one unoccluded pass, then the windows in batches
+    w, s = int(opts["window"]), int(opts["stride"])
+    positions = math.prod(math.ceil((side - w) / s) + 1 for side in size)
+    return 1 + math.ceil(positions / int(opts["perturbations_per_eval"]))
+
+
+def _fit_occlusion(opts: dict[str, float | int], given: Mapping[str, Any], size: tuple[int, int]) -> None:
+    """Window and stride defaults are for 224 px: scale them with the image (a 32 px CIFAR image gets 8 and
+    4, not one window over everything). Any window is cut to the image, and the stride to the window."""
+    side = min(size)
+    spec = METHODS["occlusion"]
+    for name in ("window", "stride"):
+        if given.get(name) is None:
+            opt = spec.option(name)
+            opts[name] = int(min(opt.maximum, max(opt.minimum, round(opt.default * side / 224))))
+    opts["window"] = min(int(opts["window"]), side)
+    opts["stride"] = min(int(opts["stride"]), int(opts["window"]))
+
+
+def _occlusion(c: Call) -> Maps:
     from captum.attr import Occlusion
 
     w, s = c.whole("window"), c.whole("stride")
@@ -414,17 +365,17 @@ def _occlusion(c: _Call) -> Result:
             c.x, sliding_window_shapes=(3, w, w), strides=(3, s, s), baselines=0.0, target=c.target,
             perturbations_per_eval=c.whole("perturbations_per_eval"),
         )[0]
-    return raw, raw.mean(dim=0), None  # the three channels hold the same value
+    return Maps(raw, raw.mean(dim=0))  # the three channels hold the same value
 
 
-def _deeplift(c: _Call) -> Result:
+def _deeplift(c: Call) -> Maps:
     from captum.attr import DeepLift
 
     with _pool_rule_in_order(c.x.device):
         attrs, delta = DeepLift(c.model).attribute(
             c.leaf(), baselines=torch.zeros_like(c.x), target=c.target, return_convergence_delta=True,
         )
-    return attrs[0], attrs[0].sum(dim=0), float(delta.reshape(-1)[0])
+    return Maps(attrs[0], attrs[0].sum(dim=0), float(delta.reshape(-1)[0]))
 
 
 def _unpool2d_in_order(
@@ -444,12 +395,16 @@ def _unpool2d_in_order(
     return out.reshape(n, ch, height, width)
 
 
+_CAPTUM_RULES_LOCK = threading.Lock()
+
+
 @contextmanager
 def _pool_rule_in_order(device: torch.device) -> Iterator[None]:
     """Off the CPU, DeepLift's max-pool rule un-pools with :func:`_unpool2d_in_order`, so that its map is the
     same on every call and matches the CPU's (Captum 0.9 uses ``F.max_unpool2d``: on CUDA a different map each
     call, cosine ~0.5 with the CPU's, for networks whose pools keep their rule, e.g. the paper's with LRN
-    before each pool). Captum's rule table is swapped while MODEL_LOCK is held and restored after."""
+    before each pool). Captum's rule table is global: it is swapped under a lock of its own (DeepLIFT runs on two
+    accelerator models take turns) and restored after."""
     from captum.attr._core import deep_lift
 
     rules, maxpool = getattr(deep_lift, "SUPPORTED_NON_LINEAR", None), getattr(deep_lift, "maxpool", None)
@@ -462,26 +417,199 @@ def _pool_rule_in_order(device: torch.device) -> Iterator[None]:
         return maxpool(module, nn.functional.max_pool2d, _unpool2d_in_order, inputs, outputs, grad_input,
                        grad_output, eps=eps)
 
-    before = rules[nn.MaxPool2d]
-    rules[nn.MaxPool2d] = maxpool2d
-    try:
-        yield
-    finally:
-        rules[nn.MaxPool2d] = before
+    with _CAPTUM_RULES_LOCK:
+        before = rules[nn.MaxPool2d]
+        rules[nn.MaxPool2d] = maxpool2d
+        try:
+            yield
+        finally:
+            rules[nn.MaxPool2d] = before
 
 
-_RUNNERS: dict[str, Callable[[_Call], Result]] = {
-    "saliency": _saliency,
-    "input_x_gradient": _input_x_gradient,
-    "guided_backprop": _guided_backprop,
-    "deconvolution": _deconvolution,
-    "integrated_gradients": _integrated_gradients,
-    "smoothgrad": _smoothgrad,
-    "gradcam": _gradcam,
-    "guided_gradcam": _guided_gradcam,
-    "occlusion": _occlusion,
-    "deeplift": _deeplift,
-}
+_BATCH_HELP = "Images per forward pass: higher is a little faster and needs more memory."
+_CLASS_BLIND = ("its map hardly depends on the class (guided ReLUs pass back only what excites any unit), so the "
+                "map for A minus B looks like the map for A")
+
+METHODS: Registry[MethodSpec] = Registry("attribution method", (
+    MethodSpec(
+        "saliency", "Saliency (gradient)",
+        "How much a tiny change of each pixel would move the class score: the largest absolute "
+        "gradient over the three colour channels.",
+        signed=False, slow=False, runner=_saliency, phrase="the saliency map",
+    ),
+    MethodSpec(
+        "input_x_gradient", "Input × gradient",
+        "Each pixel's value times its gradient, a first-order estimate of its contribution: positive "
+        "pixels push the class score up, negative ones pull it down.",
+        signed=True, slow=False, runner=_input_x_gradient, phrase="input × gradient",
+    ),
+    MethodSpec(
+        "guided_backprop", "Guided backpropagation",
+        "The gradient with every ReLU passing back only positive signals, which shows the sharp edges "
+        "and textures that excite the class score.",
+        signed=False, slow=False, runner=_guided_backprop, phrase="guided backpropagation",
+        contrastive=False, contrast_note=f"Guided backpropagation cannot show a contrast: {_CLASS_BLIND}.",
+    ),
+    MethodSpec(
+        "deconvolution", "Deconvolution (Zeiler & Fergus)",
+        "The class signal projected back through the network with ReLUs applied to the backward "
+        "signal, showing the patterns the network responds to rather than this image's evidence.",
+        signed=False, slow=False, runner=_deconvolution, phrase="the deconvolution map",
+        contrastive=False,
+        contrast_note="Deconvolution cannot show a contrast: its map hardly depends on the class, so the map "
+                      "for A minus B looks like the map for A.",
+    ),
+    MethodSpec(
+        "integrated_gradients", "Integrated gradients",
+        "Gradients averaged along a straight path from the mean image to this photo, times the "
+        "difference, so the map adds up to how much the class score changed.",
+        signed=True, slow=True, runner=_integrated_gradients, phrase="integrated gradients",
+        passes=_ig_passes, memory_hint="lower the steps or batch size",
+        options=(
+            OptionSpec("n_steps", 32, 4, 200, 1, "Steps",
+                       "Points on the path from the mean image to the photo (at most, with a tolerance): more is "
+                       "exact and slower."),
+            OptionSpec("internal_batch_size", 16, 1, 64, 1, "Batch size", _BATCH_HELP),
+            OptionSpec("tolerance", 0.01, 0.0, 0.2, 0.005, "Tolerance",
+                       "Stop doubling the steps once the map adds up to the score change within this "
+                       "fraction; 0 always uses every step."),
+        ),
+    ),
+    MethodSpec(
+        "smoothgrad", "SmoothGrad",
+        "The gradient averaged over many noisy copies of the image, which removes speckle and keeps "
+        "what stays important under small changes.",
+        signed=False, slow=True, runner=_smoothgrad, phrase="SmoothGrad", passes=_smoothgrad_passes,
+        memory_hint="lower the samples or batch size",
+        options=(
+            OptionSpec("samples", 16, 1, 64, 1, "Noisy samples",
+                       "Noisy copies to average: more gives a smoother map and takes longer."),
+            OptionSpec("sigma", 0.15, 0.0, 0.5, 0.01, "Noise level",
+                       "Noise standard deviation as a fraction of the image's value range."),
+            OptionSpec("nt_samples_batch_size", 16, 1, 64, 1, "Batch size", _BATCH_HELP),
+        ),
+    ),
+    MethodSpec(
+        "gradcam", "Grad-CAM",
+        "Where the chosen convolution layer's features support this class: its channels weighted by "
+        "their average gradient, kept where positive and enlarged to the image.",
+        signed=False, slow=False, layer_based=True, runner=_gradcam, phrase="Grad-CAM",
+    ),
+    MethodSpec(
+        "guided_gradcam", "Guided Grad-CAM",
+        "Guided backpropagation's fine detail kept only inside Grad-CAM's coarse class region, so it "
+        "is both sharp and specific to the class.",
+        signed=False, slow=False, layer_based=True, runner=_guided_gradcam, phrase="guided Grad-CAM",
+        contrastive=False,
+        contrast_note="Guided Grad-CAM cannot show a contrast: its detail comes from guided backpropagation, "
+                      "whose map hardly depends on the class; use Grad-CAM for a contrast.",
+    ),
+    MethodSpec(
+        "occlusion", "Occlusion",
+        "How much the class score drops when a mean-colour square hides each region: a direct "
+        "experiment with one forward pass per position.",
+        signed=True, slow=True, runner=_occlusion, phrase="the occlusion map", passes=_occlusion_passes,
+        memory_hint="lower the batch size or raise the stride", fit=_fit_occlusion,
+        options=(
+            OptionSpec("window", 32, 8, 64, 1, "Window (px)",
+                       "Side of the square that hides part of the image (default scales with the image)."),
+            OptionSpec("stride", 16, 4, 64, 1, "Stride (px)",
+                       "Step between window positions (at most the window): smaller is finer, slower."),
+            OptionSpec("perturbations_per_eval", 16, 1, 64, 1, "Batch size", _BATCH_HELP),
+        ),
+    ),
+    MethodSpec(
+        "deeplift", "DeepLIFT",
+        "Each pixel's share of how far the class score moved from the mean image's, passed back layer "
+        "by layer with DeepLIFT's difference rules instead of gradients.",
+        signed=True, slow=False, runner=_deeplift, phrase="DeepLIFT",
+    ),
+))
+
+# Attributes DeepLift sets on modules during the forward pass and deletes in the backward pass: an
+# exception in between would leave them (and their tensors) on the shared model.
+_DEEPLIFT_ATTRS = ("input", "output", "input_ref")
+
+
+def attribute(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: str,
+    *,
+    target: int | Contrast,
+    progress: Progress | None = None,
+    layer: str | None = None,
+    **options: float | int | None,
+) -> Attribution:
+    """Attribute ``model(x)[0, target]`` to the pixels of ``x`` (1, 3, H, W) with ``method``; with
+    ``target=Contrast(a, b)``, attribute ``model(x)[0, a] - model(x)[0, b]`` (``b=None``: the runner-up).
+
+    Options missing (or None) take their defaults. Raises :class:`OptionError` (a ValueError) for a bad
+    method, option, layer, target or input, and :class:`AttributionError` for running out of memory.
+    ``progress(fraction, message)`` gets non-decreasing fractions ending at 1.0.
+    """
+    spec = METHODS.get(method)
+    if spec is None:
+        raise OptionError(f"Unknown attribution method {_short(method)}; choose one of {', '.join(METHODS)}.")
+    opts = _resolve_options(spec, options)
+    _check_input(x)
+    if model.training:
+        raise OptionError("The model is in training mode (dropout is random); call model.eval() first.")
+    layer_name, layer_module = _resolve_layer(model, spec, layer)
+    if isinstance(target, Contrast) and not spec.contrastive:
+        raise OptionError(spec.contrast_note or f"{spec.title} cannot show a contrast between two classes.")
+
+    with model_lock(model):
+        t0 = time.perf_counter()
+        with torch.inference_mode(False):  # gradients are needed even if the caller is in inference mode
+            x0 = x.detach().clone()  # (1, 3, H, W) ours; a normal tensor even if x is an inference one
+        index, other = _check_target(model, x0, target)
+        forward, output = (model, index) if other is None else (_Difference(model, index, other), 0)
+        size = (int(x0.shape[2]), int(x0.shape[3]))
+        if spec.fit is not None:
+            spec.fit(opts, options, size)
+        report = _Reporter(progress, spec.title)
+        report(0.0, f"{spec.title}: starting")
+        leftovers = _attrs_present(model)
+        try:
+            with (
+                warnings.catch_warnings(),
+                torch.inference_mode(False),
+                torch.enable_grad(),
+                _count_batches(model, report, spec.passes(opts, size)),
+            ):
+                warnings.filterwarnings("ignore", message=_CAPTUM_HOOK_NOTES)
+                maps = spec.runner(Call(forward, x0, output, opts, layer_module))
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            if x0.is_cuda:
+                torch.cuda.empty_cache()
+            raise AttributionError(f"Ran out of memory computing {spec.in_words}; {spec.memory_hint}.") from err
+        finally:
+            _remove_new_attrs(model, leftovers)
+        heatmap = maps.heatmap.detach().float().cpu().contiguous()
+        raw = maps.raw.detach().float().cpu().contiguous()
+        seconds = time.perf_counter() - t0
+        report(1.0, f"{spec.title}: done")
+    return Attribution(
+        method=spec.name, target=index, heatmap=heatmap, raw=raw, signed=spec.signed,
+        options=MappingProxyType(opts), seconds=seconds, convergence_delta=maps.delta, layer=layer_name,
+        contrast=other, steps=maps.steps,
+    )
+
+
+class _Difference(nn.Module):
+    """``model`` with one output, ``score[a] - score[b]``: (B, 3, H, W) -> (B, 1). Wraps, never changes, it."""
+
+    def __init__(self, model: nn.Module, a: int, b: int) -> None:
+        super().__init__()
+        self.model, self.a, self.b = model, a, b
+        self.training = False  # not .eval(): that would also set the shared model's mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return (out[:, self.a] - out[:, self.b]).unsqueeze(1)
 
 
 # ---- checks ----
@@ -491,7 +619,7 @@ def _resolve_options(spec: MethodSpec, given: Mapping[str, Any]) -> dict[str, fl
     unknown = sorted(set(given) - known)
     if unknown:
         takes = f"its options are {', '.join(sorted(known))}" if known else "it takes no options"
-        raise OptionError(f"{spec.title} has no option {unknown[0]!r}; {takes}.")
+        raise OptionError(f"{spec.title} has no option {_short(unknown[0])}; {takes}.")
     resolved: dict[str, float | int] = {}
     for opt in spec.options:
         value = given.get(opt.name)
@@ -506,17 +634,6 @@ def _resolve_options(spec: MethodSpec, given: Mapping[str, Any]) -> dict[str, fl
             raise OptionError(f"{opt.label} must be between {opt.minimum} and {opt.maximum}, not {value!r}.")
         resolved[opt.name] = int(value) if opt.integer else float(value)
     return resolved
-
-
-def _fit_occlusion(spec: MethodSpec, opts: dict[str, float | int], given: Mapping[str, Any], *, side: int) -> None:
-    """Window and stride defaults are for 224 px: scale them with the image (a 32 px CIFAR image gets 8 and
-    4, not one window over everything). Any window is cut to the image, and the stride to the window."""
-    for name in ("window", "stride"):
-        if given.get(name) is None:
-            opt = spec.option(name)
-            opts[name] = int(min(opt.maximum, max(opt.minimum, round(opt.default * side / 224))))
-    opts["window"] = min(int(opts["window"]), side)
-    opts["stride"] = min(int(opts["stride"]), int(opts["window"]))
 
 
 def _check_input(x: torch.Tensor) -> None:
@@ -546,22 +663,52 @@ def _resolve_layer(
     return name, model.get_submodule(name)
 
 
-def _check_target(model: nn.Module, x: torch.Tensor, target: int) -> int:
-    try:
-        if isinstance(target, bool):
-            raise TypeError
-        index = operator.index(target)
-    except TypeError:
-        raise OptionError(f"The target must be a class index (a whole number), not {target!r}.") from None
+def _check_target(model: nn.Module, x: torch.Tensor, target: int | Contrast) -> tuple[int, int | None]:
+    """The class index to explain and, for a contrast, the other class (the runner-up when not given)."""
+    a, b = (target.a, target.b) if isinstance(target, Contrast) else (target, None)
     last = list(model.children())[-1] if len(list(model.children())) else None
+    scores: torch.Tensor | None = None
     if isinstance(last, nn.Linear):
         num_classes = last.out_features
     else:  # not a classifier head we recognise: ask the model
         with torch.no_grad():
-            num_classes = model(x).shape[-1]
+            scores = model(x)[0]
+        num_classes = scores.shape[-1]
+    index = _class_index(a, num_classes)
+    if not isinstance(target, Contrast):
+        return index, None
+    if b is None:
+        if num_classes < 2:
+            raise OptionError("A contrast needs a model with at least two classes.")
+        if scores is None:
+            with torch.no_grad():
+                scores = model(x)[0]
+        scores = scores.float().clone()
+        scores[index] = -math.inf
+        return index, int(scores.argmax())
+    other = _class_index(b, num_classes)
+    if other == index:
+        raise OptionError(f"A contrast needs two different classes, not class {index} twice.")
+    return index, other
+
+
+def _class_index(target: object, num_classes: int) -> int:
+    try:
+        if isinstance(target, bool):
+            raise TypeError
+        index = operator.index(target)  # type: ignore[arg-type]
+    except TypeError:
+        shown = _short(target) if isinstance(target, str) else f"{target!r}"[:40]
+        raise OptionError(f"The target must be a class index (a whole number), not {shown}.") from None
     if not 0 <= index < num_classes:
         raise OptionError(f"The target class must be between 0 and {num_classes - 1}, not {index}.")
     return index
+
+
+def _short(text: str) -> str:
+    from .targets import shorten
+
+    return shorten(text) if isinstance(text, str) else f"{text!r}"[:40]
 
 
 # ---- hooks, progress, seeds, clean-up ----
@@ -577,19 +724,6 @@ class _Reporter:
         if self.progress is not None and fraction > self.last:
             self.last = fraction
             self.progress(fraction, message)
-
-
-def _expected_batches(method: str, opts: Mapping[str, float | int], x: torch.Tensor) -> int:
-    """Forward passes the slow methods make (0: not counted), from Captum 0.9's batching."""
-    if method == "integrated_gradients":  # ceil(steps / batch) batches, then f(baseline) and f(x) for delta
-        return math.ceil(int(opts["n_steps"]) / int(opts["internal_batch_size"])) + 2
-    if method == "smoothgrad":
-        return math.ceil(int(opts["samples"]) / min(int(opts["samples"]), int(opts["nt_samples_batch_size"])))
-    if method == "occlusion":  # one unoccluded pass, then the windows in batches
-        w, s = int(opts["window"]), int(opts["stride"])
-        positions = math.prod(math.ceil((side - w) / s) + 1 for side in x.shape[2:])
-        return 1 + math.ceil(positions / int(opts["perturbations_per_eval"]))
-    return 0
 
 
 @contextmanager

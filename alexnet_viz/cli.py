@@ -21,11 +21,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="architecture (default: the one a trained checkpoint's model.json names, else torchvision, "
                         "the only one with ImageNet weights)")
     p.add_argument("--weights", default="imagenet",
-                   help="'imagenet' (default; from torch's hub cache, downloaded when online), 'none' "
-                        "(seeded, untrained) or a .safetensors/.pt/.pth file")
+                   help="'imagenet' (default; torchvision architecture only, from torch's hub cache, downloaded "
+                        "when online), 'none' (seeded, untrained) or a .safetensors/.pt/.pth file")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
     p.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: from weights)")
     p.add_argument("--labels", default=None, help="text file with one class name per line")
+
+
+def _method_choices() -> list[str]:
+    """``--method``'s choices, read from the attribution table when the parser is built (so a method
+    registered before that is offered), and ``all``."""
+    from .attribution import METHODS
+
+    return [*METHODS, "all"]
 
 
 def _load(args: argparse.Namespace):
@@ -202,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True, help="output folder; one sub-folder per image")
     _add_model_args(p)
-    p.add_argument("--method", action="append", metavar="M",
-                   help="attribution method (repeatable) or 'all'; default: none")
+    p.add_argument("--method", action="append", metavar="M", choices=_method_choices(),
+                   help=f"attribution method (repeatable) or 'all'; one of {', '.join(_method_choices())}; "
+                        "default: none")
     p.add_argument("--target", default=None, help="class index or name to explain (default: the top-1)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--layer", action="append", metavar="L",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import operator
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,18 +15,34 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .activations import model_lock
 from .architectures import ARCHITECTURES, build_model, conv_layer_names, visible_layer_names
 from .errors import UserError
+from .targets import TargetError, parse_class_index, shorten
 from .weights import (
     IMAGENET,
+    Untrained,
     WeightsError,
+    WeightsFile,
+    WeightsSource,
     canonical_keys,
+    check_finite,
     imagenet_state_dict,
     load_state_dict_file,
     match_state_dict,
+    parse_source,
 )
 
-__all__ = ["DeviceError", "LoadedModel", "WeightsInfo", "available_devices", "load_model", "resolve_device"]
+__all__ = [
+    "DeviceError",
+    "LoadedModel",
+    "TargetError",
+    "WeightsInfo",
+    "available_devices",
+    "load_model",
+    "no_imagenet_weights",
+    "resolve_device",
+]
 
 
 class DeviceError(UserError):
@@ -68,17 +86,20 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 class WeightsInfo:
     """Where the weights came from, in words for the banner."""
 
-    source: str  # "imagenet" | "file" | "none"
+    source: str  # "imagenet" | "file" | "none": what was loaded (an unavailable ImageNet checkpoint gives "none")
     description: str  # e.g. "ImageNet-1K, torchvision, acc@1 56.5%"
     trained: bool
     warning: str | None = None  # set whenever predictions are meaningless; shown loudly
-    path: str | None = None
 
 
-UNTRAINED_WARNING = (
-    "untrained weights: predictions are meaningless - run `alexnet-viz weights fetch` while online, "
-    "or pass --weights"
-)
+MEANINGLESS = "untrained weights: predictions are meaningless"
+UNTRAINED_AS_ASKED = "untrained weights, as asked (--weights none): predictions are meaningless"
+
+
+def no_imagenet_weights(arch: str) -> str:
+    """Why an architecture other than torchvision's has no ImageNet weights, and what to do instead."""
+    return (f"no ImageNet weights exist for the {arch} architecture; train one with `alexnet-viz train` and "
+            "pass --weights FILE")
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,6 +121,11 @@ class LoadedModel:
         return len(self.categories)
 
     @property
+    def lock(self) -> threading.Lock:
+        """This model's own lock: held by whatever runs or hooks it (``analyze``, ``attribute``)."""
+        return model_lock(self.module)
+
+    @property
     def layer_names(self) -> list[str]:
         return visible_layer_names(self.module)
 
@@ -117,20 +143,32 @@ class LoadedModel:
         return self.transform(image).unsqueeze(0).to(self.device)
 
     def class_index(self, target: int | str) -> int:
-        """A class index from an index or a class name (case-insensitive, exact match first)."""
-        if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit()):
-            index = int(target)
-            if not 0 <= index < self.num_classes:
-                raise ValueError(f"Class index {index} is out of range; this model has {self.num_classes} classes.")
+        """A class index from an index (an int or ASCII digits) or a class name (case-insensitive, exact match
+        first, then a unique part). Anything else is a TargetError that echoes at most 40 characters."""
+        if not isinstance(target, str):
+            try:
+                if isinstance(target, bool):
+                    raise TypeError
+                number = operator.index(target)  # int, numpy and torch integers; not floats
+            except TypeError:
+                raise TargetError(f"A target is a class index or a class name, not {type(target).__name__}.") from None
+            if not 0 <= number < self.num_classes:
+                raise TargetError(f"Class index {number} is out of range; this model has {self.num_classes} classes.")
+            return number
+        index = parse_class_index(target, self.num_classes)
+        if index is not None:
             return index
         wanted = target.strip().lower()
+        if not wanted:
+            raise TargetError("The target is empty; give a class index or a class name.")
         names = [c.lower() for c in self.categories]
         if wanted in names:
             return names.index(wanted)
-        partial = [i for i, n in enumerate(names) if wanted and wanted in n]
+        partial = [i for i, n in enumerate(names) if len(wanted) <= len(n) and wanted in n]
         if len(partial) == 1:
             return partial[0]
-        raise ValueError(f"No single class is called {target!r}; pick one from the list of {self.num_classes}.")
+        raise TargetError(f"No single class is called {shorten(target.strip())}; "
+                          f"pick one from the list of {self.num_classes}.")
 
 
 def _categories(num_classes: int, labels: Sequence[str] | str | os.PathLike[str] | None) -> tuple[str, ...]:
@@ -179,7 +217,7 @@ def _card_description(card: Mapping[str, Any]) -> str:
 
 def load_model(
     arch: str | None = None,
-    weights: str | os.PathLike[str] = "imagenet",
+    weights: str | os.PathLike[str] | WeightsSource = "imagenet",
     device: str | torch.device = "auto",
     *,
     num_classes: int | None = None,
@@ -187,57 +225,27 @@ def load_model(
     fallback: bool = False,
     download: bool = True,
 ) -> LoadedModel:
-    """Build ``arch``, put ``weights`` into it ("imagenet", "none" or a file path) and move it to ``device``.
+    """Build ``arch``, put ``weights`` into it and move it to ``device``.
 
-    ``arch=None`` means the architecture named by a checkpoint's model card (``model.json`` beside it,
-    written by `alexnet-viz train`), else ``torchvision``. A card also gives class names, input size and
-    normalisation. With ``fallback=True`` an unavailable ImageNet checkpoint gives the seeded untrained
-    model with a loud warning in ``weights.warning`` instead of a WeightsError.
+    ``weights`` is a source (:class:`~alexnet_viz.weights.ImageNet`, ``Untrained``, ``WeightsFile``) or its
+    words: ``"imagenet"``, ``"none"`` or a file path. ``arch=None`` means the architecture named by a
+    checkpoint's model card (``model.json`` beside it, written by `alexnet-viz train`), else ``torchvision``.
+    A card also gives class names, input size and normalisation. With ``fallback=True``, ImageNet weights
+    that are unavailable (not cached and offline, or none exist for ``arch``) give the seeded untrained model
+    with a loud ``weights.warning`` instead of a WeightsError.
     """
-    weights_name = str(weights)
-    card: dict[str, Any] | None = None
-    path: Path | None = None
-    if weights_name not in ("imagenet", "none"):
-        path = Path(weights_name).expanduser()
-        card = read_card(path)
-    if card is not None:
-        if arch is not None and card.get("arch") != arch:
-            raise WeightsError(f"{path.name if path else 'This checkpoint'} was trained as {card.get('arch')!r}, "
-                               f"not {arch!r}; drop --arch or pass --arch {card.get('arch')}.")
-        arch = str(card.get("arch"))
-    arch = arch or "torchvision"
-    if arch not in ARCHITECTURES:
-        raise WeightsError(f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
+    source = parse_source(weights)
+    card = read_card(source.path) if isinstance(source, WeightsFile) else None
+    arch = _choose_arch(arch, card, source)
     spec = ARCHITECTURES[arch]
     target_device = resolve_device(device)
-    state: dict[str, torch.Tensor] | None = None
-    info: WeightsInfo
-
-    if weights_name == "imagenet":
-        if not spec.has_imagenet_weights:
-            raise WeightsError(f"ImageNet weights exist only for the torchvision architecture, not {arch!r}.")
-        if num_classes not in (None, 1000):
-            raise WeightsError("The ImageNet weights have 1000 classes; drop --num-classes or use --weights none.")
-        try:
-            state = imagenet_state_dict(download=download)
-            info = WeightsInfo("imagenet", _imagenet_description(), trained=True)
-        except WeightsError as e:
-            if not fallback:
-                raise
-            info = WeightsInfo("none", "seeded untrained weights (ImageNet weights unavailable)", trained=False,
-                               warning=f"{UNTRAINED_WARNING}. {e}")
-    elif weights_name == "none":
-        info = WeightsInfo("none", "seeded untrained weights (seed 0)", trained=False, warning=UNTRAINED_WARNING)
-    else:
-        assert path is not None  # noqa: S101 - set above for every file
-        state = canonical_keys(load_state_dict_file(path))
-        description = _card_description(card) if card else f"weights from {path.name}"
-        info = WeightsInfo("file", description, trained=True, path=str(path))
-
+    state, info = _resolve_weights(source, arch, num_classes=num_classes, card=card, fallback=fallback,
+                                   download=download)
     if num_classes is None:
         head = state.get("fc8.bias") if state is not None else None
         num_classes = int(head.shape[0]) if head is not None else 1000
-    module = build_model(arch, num_classes=num_classes, seed=0)
+    seed = source.seed if isinstance(source, Untrained) else 0
+    module = build_model(arch, num_classes=num_classes, seed=seed)
     if state is not None:
         module.load_state_dict(match_state_dict(state, module), strict=True)
     module.requires_grad_(False)  # attribution needs gradients w.r.t. the input only; backward stops there
@@ -261,3 +269,47 @@ def load_model(
         weights=info,
         input_size=size,
     )
+
+
+def _choose_arch(arch: str | None, card: Mapping[str, Any] | None, source: WeightsSource) -> str:
+    """The architecture asked for, else the one the checkpoint's card names, else torchvision's."""
+    if card is not None:
+        name = source.path.name if isinstance(source, WeightsFile) else "This checkpoint"
+        if arch is not None and card.get("arch") != arch:
+            raise WeightsError(f"{name} was trained as {card.get('arch')!r}, not {arch!r}; drop --arch or pass "
+                               f"--arch {card.get('arch')}.")
+        arch = str(card.get("arch"))
+    arch = arch or "torchvision"
+    if arch not in ARCHITECTURES:
+        raise WeightsError(f"Unknown architecture {shorten(arch)}; choose one of {', '.join(ARCHITECTURES)}.")
+    return arch
+
+
+def _resolve_weights(
+    source: WeightsSource, arch: str, *, num_classes: int | None, card: Mapping[str, Any] | None, fallback: bool,
+    download: bool,
+) -> tuple[dict[str, torch.Tensor] | None, WeightsInfo]:
+    """The state dict to load (None: keep the seeded initialisation) and the banner's words for it."""
+    if isinstance(source, Untrained):
+        return None, WeightsInfo("none", f"seeded untrained weights (seed {source.seed})", trained=False,
+                                 warning=UNTRAINED_AS_ASKED)
+    if isinstance(source, WeightsFile):
+        state = canonical_keys(load_state_dict_file(source.path))
+        check_finite(state, source.path.name)
+        description = _card_description(card) if card else f"weights from {source.path.name}"
+        return state, WeightsInfo("file", description, trained=True)
+    if not ARCHITECTURES[arch].has_imagenet_weights:
+        if not fallback:
+            reason = no_imagenet_weights(arch)
+            raise WeightsError(f"{reason[0].upper()}{reason[1:]}.")
+        return None, WeightsInfo("none", "seeded untrained weights (seed 0)", trained=False,
+                                 warning=f"{MEANINGLESS} - {no_imagenet_weights(arch)}")
+    if num_classes not in (None, 1000):
+        raise WeightsError("The ImageNet weights have 1000 classes; drop --num-classes or use --weights none.")
+    try:
+        return imagenet_state_dict(download=download), WeightsInfo("imagenet", _imagenet_description(), trained=True)
+    except WeightsError as e:
+        if not fallback:
+            raise
+        return None, WeightsInfo("none", "seeded untrained weights (ImageNet weights unavailable)", trained=False,
+                                 warning=f"{MEANINGLESS} - {e}")

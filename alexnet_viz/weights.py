@@ -1,5 +1,8 @@
 """Where weights come from: torchvision's ImageNet checkpoint, a local file, or none (seeded, untrained).
 
+A source is typed (:class:`ImageNet`, :class:`Untrained`, :class:`WeightsFile`); :func:`parse_source` turns
+the words a person types (``imagenet``, ``none``, a path) into one, so no code compares strings with paths.
+
 Every file is read without running code: safetensors, or ``torch.load(weights_only=True)``. The
 ImageNet checkpoint goes through torch's hub cache (``$TORCH_HOME/hub/checkpoints``), is downloaded
 with torch's own progress bar and hash check when missing, and its SHA-256 prefix is checked again
@@ -16,6 +19,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import torch
 from torch import nn
@@ -26,14 +30,20 @@ from .errors import UserError
 
 __all__ = [
     "IMAGENET",
+    "ImageNet",
+    "Untrained",
     "WeightsError",
+    "WeightsFile",
+    "WeightsSource",
     "WeightsStatus",
     "cached_imagenet_path",
     "canonical_keys",
+    "check_finite",
     "fetch_imagenet",
     "imagenet_state_dict",
     "load_state_dict_file",
     "match_state_dict",
+    "parse_source",
     "weights_status",
 ]
 
@@ -43,6 +53,67 @@ DOWNLOAD_TIMEOUT_S = 30.0  # a lecture hall's Wi-Fi must not hang the app's star
 
 class WeightsError(UserError):
     """A weights source that cannot be used; the message is one plain sentence that says what to do."""
+
+
+@dataclass(frozen=True)
+class ImageNet:
+    """torchvision's IMAGENET1K_V1 checkpoint, from torch's hub cache (only the torchvision architecture)."""
+
+    def __str__(self) -> str:
+        return "imagenet"
+
+
+@dataclass(frozen=True)
+class Untrained:
+    """No weights: the architecture's seeded initialisation, asked for on purpose."""
+
+    seed: int = 0
+
+    def __str__(self) -> str:
+        return "none"
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A local ``.safetensors`` or ``.pt``/``.pth`` state dict (and the ``model.json`` card beside it, if any)."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+WeightsSource: TypeAlias = ImageNet | Untrained | WeightsFile
+
+
+def parse_source(value: str | os.PathLike[str] | WeightsSource) -> WeightsSource:
+    """``"imagenet"`` -> ImageNet(), ``"none"`` -> Untrained(), anything else -> WeightsFile(path).
+
+    The words are matched without regard to case or surrounding spaces; a file that is really called
+    ``none`` is ``./none``. A typed source is returned as it is.
+    """
+    if isinstance(value, ImageNet | Untrained | WeightsFile):
+        return value
+    if not isinstance(value, str | os.PathLike):
+        raise WeightsError(f"Weights must be 'imagenet', 'none' or a file path, not {type(value).__name__}.")
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word == "imagenet":
+            return ImageNet()
+        if word == "none":
+            return Untrained()
+        if not word:
+            raise WeightsError("No weights were named; pass 'imagenet', 'none' or a file path.")
+    return WeightsFile(Path(value).expanduser())
+
+
+def check_finite(state: Mapping[str, torch.Tensor], name: str) -> None:
+    """Refuse weights holding NaN or infinity: every prediction and map made from them would be NaN."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise WeightsError(f"{name} holds values that are not numbers (NaN or infinity) in {shown}; "
+                           "these weights cannot be used - retrain or export them again.")
 
 
 def _hash_prefix(url: str) -> str:

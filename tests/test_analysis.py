@@ -13,7 +13,8 @@ from PIL import Image
 
 from alexnet_viz.activations import capture
 from alexnet_viz.analysis import analyze, explain
-from alexnet_viz.model import DeviceError, load_model, resolve_device
+from alexnet_viz.model import DeviceError, TargetError, load_model, resolve_device
+from alexnet_viz.targets import Contrast
 
 IMAGENET = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
 
@@ -131,3 +132,91 @@ def test_explain_defaults_to_top1_and_reuses_the_analysis_input(photo: Image.Ima
     (grad,) = torch.autograd.grad(loaded.module(x)[0, result.top1.index], x)
     assert torch.allclose(attr.heatmap, grad[0].abs().amax(0), atol=1e-6)
     assert explain(loaded, result, "saliency", target="tabby").target == 281
+
+
+@pytest.mark.parametrize("text", ["²", "①", "٣", "2²", "-1", "1e3", "0x1f", " ", ""])
+def test_targets_are_ascii_digits_or_a_class_name(text: str) -> None:
+    loaded = load_model("cifar", "none", "cpu", num_classes=3, labels=["ant", "bee", "wasp"])
+    with pytest.raises(TargetError) as info:
+        loaded.class_index(text)
+    assert "invalid literal" not in str(info.value) and str(info.value).endswith(".")
+    assert loaded.class_index(" 2 ") == 2 and loaded.class_index("002") == 2 and loaded.class_index("WASP") == 2
+
+
+def test_a_huge_target_is_refused_without_echoing_it() -> None:
+    loaded = load_model("cifar", "none", "cpu", num_classes=3, labels=["ant", "bee", "wasp"])
+    for text in ("x" * 200_000, "9" * 200_000):  # int() of 200,000 digits would itself raise
+        with pytest.raises(TargetError) as info:
+            loaded.class_index(text)
+        assert len(str(info.value)) < 150 and "200,000 characters" in str(info.value)
+    for bad in (True, 1.0, None):
+        with pytest.raises(TargetError, match="class index or a class name"):
+            loaded.class_index(bad)  # type: ignore[arg-type]
+
+
+def test_to_dict_is_strict_json_even_for_non_finite_scores(photo: Image.Image) -> None:
+    import json
+
+    loaded = load_model("cifar", "none", "cpu", num_classes=3)
+    result = analyze(loaded, photo)
+    json.dumps(result.to_dict(), allow_nan=False)
+    nan = torch.full((3,), float("nan"))
+    broken = dataclasses.replace(result, logits=nan, probabilities=nan,
+                                 top_k=tuple(dataclasses.replace(p, probability=float("nan")) for p in result.top_k),
+                                 timings={"forward": float("inf")})
+    data = json.loads(json.dumps(broken.to_dict(), allow_nan=False))
+    assert [p["probability"] for p in data["top_k"]] == [None] * 3 and data["timings_ms"] == {"forward": None}
+
+
+def test_predicting_without_capture_hooks_nothing_and_predicts_the_same(photo: Image.Image,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import alexnet_viz.analysis as A
+
+    loaded = load_model("cifar", "none", "cpu", num_classes=10)
+    full = analyze(loaded, photo)
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("capture() called")
+
+    monkeypatch.setattr(A, "capture", refuse)
+    quick = analyze(loaded, photo, capture=False)
+    assert dict(quick.activations) == {} and torch.equal(quick.logits, full.logits)
+    assert quick.top_k == full.top_k
+    attr = explain(loaded, photo, "saliency")  # from an image: a prediction only, then the map
+    assert attr.target == full.top1.index
+
+
+def test_explain_takes_a_contrast_by_name_and_reads_the_runner_up_off_the_analysis(photo: Image.Image) -> None:
+    loaded = load_model("cifar", "none", "cpu", num_classes=3, labels=["ant", "bee", "wasp"])
+    result = analyze(loaded, photo)
+    order = result.logits.argsort(descending=True).tolist()
+    attr = explain(loaded, result, "gradcam", target=Contrast("ANT", "wasp"))
+    assert (attr.target, attr.contrast) == (0, 2)
+    runner_up = explain(loaded, result, "saliency", target=Contrast(order[0]))
+    assert (runner_up.target, runner_up.contrast) == (order[0], order[1])
+    with pytest.raises(TargetError):
+        explain(loaded, result, "saliency", target=Contrast("ant", "spider"))
+
+
+def test_each_model_has_its_own_lock(photo: Image.Image) -> None:
+    import threading
+
+    one, two = load_model("cifar", "none", "cpu"), load_model("cifar", "none", "cpu")
+    assert one.lock is one.lock and one.lock is not two.lock
+    done = threading.Event()
+    with one.lock:  # one is busy: two's work goes on...
+        analyze(two, photo)
+        t = threading.Thread(target=lambda: (analyze(one, photo), done.set()))
+        t.start()
+        assert not done.wait(0.3)  # ...while one's waits for its lock
+    t.join(timeout=30)
+    assert done.is_set()
+
+
+def test_analysis_does_not_import_attribution() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, alexnet_viz.analysis; print('alexnet_viz.attribution' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"

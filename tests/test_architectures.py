@@ -1,4 +1,4 @@
-"""The seed architectures: counts, shapes, names, initialisation, and torchvision's forward as an oracle."""
+"""The AlexNet variants: counts, shapes, names, initialisation, and torchvision's forward as an oracle."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from alexnet_viz.architectures import (
     visible_layer_names,
 )
 
-# (arch, num_classes) -> trainable parameters; the numbers stated in the issue and the seed documents.
+# (arch, num_classes) -> trainable parameters: torchvision's meta ("num_params"), the paper's "60 million" for the
+# two-tower net, the one-tower count often quoted as "62.3 million", and a common Keras BatchNorm variant's summary.
 PARAMS = {
     ("torchvision", 1000): 61_100_840,
-    ("paper", 1000): 62_378_344,  # seed 002's "62.3 million"
+    ("paper", 1000): 62_378_344,  # the often-quoted "62.3 million"
     ("paper-2gpu", 1000): 60_965_224,
-    ("bn", 24): 46_846_040,  # seed 001's Keras summary: trainable params
+    ("bn", 24): 46_846_040,  # the Keras BatchNorm variant's summary: trainable params
 }
 
 
@@ -31,13 +32,13 @@ def trainable(model: nn.Module) -> int:
 
 
 @pytest.mark.parametrize(("arch", "num_classes"), list(PARAMS))
-def test_parameter_counts_match_the_seeds(arch: str, num_classes: int) -> None:
+def test_parameter_counts_match_the_published_ones(arch: str, num_classes: int) -> None:
     with torch.device("meta"):
         model = build_model(arch, num_classes=num_classes, seed=None)
     assert trainable(model) == PARAMS[arch, num_classes]
 
 
-def test_bn_running_statistics_complete_seed_001_total() -> None:
+def test_bn_running_statistics_complete_the_keras_total() -> None:
     model = build_model("bn", num_classes=24)
     stats = sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var")))
     assert stats == 704
@@ -106,7 +107,7 @@ def test_lrn_is_the_papers_formula() -> None:
         assert got[i].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_seeded_initialisation_is_reproducible_and_follows_seed_003() -> None:
+def test_seeded_initialisation_is_reproducible_and_kaiming_for_convs() -> None:
     state = torch.random.get_rng_state()
     a, b, c = build_model("paper", seed=0), build_model("paper", seed=0), build_model("paper", seed=1)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left alone
@@ -132,3 +133,15 @@ def test_unknown_architecture_and_bad_class_count_are_clear() -> None:
         build_model("vgg")
     with pytest.raises(ValueError, match="at least 1"):
         build_model("paper", num_classes=0)
+
+
+def test_architectures_are_described_in_their_own_words() -> None:
+    import inspect
+
+    from alexnet_viz import architectures
+
+    for spec in ARCHITECTURES.values():
+        assert spec.title and "seed" not in spec.title.lower(), spec.title
+    source = inspect.getsource(architectures).lower()
+    assert "seed document" not in source and not any(f"seed 00{i}" in source for i in range(10))
+    assert "krizhevsky et al. 2012" in source

@@ -12,15 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet_viz import attribution
+from alexnet_viz.activations import model_lock
 from alexnet_viz.architectures import ARCHITECTURES, build_model
-from alexnet_viz.attribution import METHODS, Attribution, AttributionError, OptionError, attribute
+from alexnet_viz.attribution import METHODS, Attribution, AttributionError, Contrast, OptionError, attribute
 
 TARGET = 3
-# attribution.py silences Captum's "Setting backward hooks" notes at import; pytest resets filters per test.
-pytestmark = pytest.mark.filterwarnings(r"ignore:\s*Setting (forward, )?backward hooks:UserWarning")
 # Options that keep the slow methods quick in tests.
 FAST: dict[str, dict[str, Any]] = {
-    "integrated_gradients": {"n_steps": 4, "internal_batch_size": 4},
+    "integrated_gradients": {"n_steps": 4, "internal_batch_size": 4, "tolerance": 0},
     "smoothgrad": {"samples": 2, "nt_samples_batch_size": 2},
     "occlusion": {"window": 64, "stride": 64},
 }
@@ -87,7 +86,8 @@ def test_methods_table_is_complete_and_consistent() -> None:
     assert {n for n, s in METHODS.items() if s.slow} == {"integrated_gradients", "smoothgrad", "occlusion"}
     assert {n for n, s in METHODS.items() if s.layer_based} == {"gradcam", "guided_gradcam"}
     for name, spec in METHODS.items():
-        assert spec.name == name and spec.title
+        assert spec.name == name and spec.title and callable(spec.runner) and spec.in_words
+        assert spec.contrastive or spec.contrast_note.endswith("."), "a method that cannot contrast says why"
         assert spec.caption.endswith(".") and spec.caption.count(". ") == 0, "one sentence"
         for opt in spec.options:
             assert opt.minimum <= opt.default <= opt.maximum and opt.step > 0 and opt.label and opt.help
@@ -112,7 +112,9 @@ def test_input_x_gradient_is_x_times_gradient_summed(model: nn.Sequential, x64: 
 
 
 def test_integrated_gradients_completeness(model: nn.Sequential, x64: torch.Tensor) -> None:
-    attr = attribute(model, x64, "integrated_gradients", target=TARGET, n_steps=64, internal_batch_size=16)
+    attr = attribute(model, x64, "integrated_gradients", target=TARGET, n_steps=64, internal_batch_size=16,
+                     tolerance=0)
+    assert attr.steps == 64
     with torch.no_grad():
         change = float(logit(model, x64) - logit(model, torch.zeros_like(x64)))
     total = float(attr.raw.sum())
@@ -141,10 +143,10 @@ def test_gradcam_equals_hand_computation(model: nn.Sequential) -> None:
     with torch.no_grad():
         assert a.shape[2:] == model[:11](x).shape[2:]  # conv5's own output size (layers conv1 ... conv5)
     (da,) = torch.autograd.grad(y, a)
-    cam = F.relu((da.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1))[0]  # (5, 5)
-    assert torch.allclose(attr.raw, cam, rtol=1e-4, atol=1e-9)
-    assert (attr.raw >= 0).all() and (attr.heatmap >= 0).all() and attr.raw.max() > 0
-    up = F.interpolate(cam[None, None], size=(96, 96), mode="bilinear")[0, 0]
+    signed = (da.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1)[0]  # (5, 5), before Grad-CAM's final ReLU
+    assert torch.allclose(attr.raw, signed, rtol=1e-4, atol=1e-9)
+    assert attr.raw.min() < 0 < attr.raw.max() and (attr.heatmap >= 0).all()
+    up = F.interpolate(F.relu(signed)[None, None], size=(96, 96), mode="bilinear")[0, 0]
     assert torch.allclose(attr.heatmap, up, rtol=1e-4, atol=1e-9)
 
 
@@ -353,7 +355,7 @@ def test_hooks_are_removed_after_an_exception_mid_method(
         attribute(net, x64, method, target=TARGET, **opts)
     assert layer.calls >= 1
     assert_clean(net)
-    assert not attribution.MODEL_LOCK.locked()
+    assert not model_lock(net).locked()
 
 
 @pytest.mark.parametrize("error", [lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
@@ -379,14 +381,14 @@ def test_a_failing_progress_callback_propagates_and_unhooks(model: nn.Sequential
 
     with pytest.raises(_Cancelled):
         attribute(model, x64, "integrated_gradients", target=TARGET, n_steps=8, internal_batch_size=2,
-                  progress=stop)
+                  tolerance=0, progress=stop)
     assert_clean(model)
 
 
 # ---- progress ----
 
 @pytest.mark.parametrize(("method", "options", "passes"), [
-    ("integrated_gradients", {"n_steps": 8, "internal_batch_size": 2}, 4 + 2),  # + f(0), f(x) for delta
+    ("integrated_gradients", {"n_steps": 8, "internal_batch_size": 2, "tolerance": 0}, 1 + 4),  # f(x), f(0) first
     ("smoothgrad", {"samples": 5, "nt_samples_batch_size": 2}, 3),
     ("occlusion", {"window": 32, "stride": 16, "perturbations_per_eval": 4}, 1 + 3),  # 3x3 windows at 64 px
 ])
@@ -482,7 +484,7 @@ def test_options_record_defaults_and_occlusion_fits_the_image(
     model: nn.Sequential, x64: torch.Tensor
 ) -> None:
     attr = attribute(model, x64, "integrated_gradients", target=TARGET, n_steps=6.0, internal_batch_size=None)
-    assert dict(attr.options) == {"n_steps": 6, "internal_batch_size": 16}
+    assert dict(attr.options) == {"n_steps": 6, "internal_batch_size": 16, "tolerance": 0.01}
     assert isinstance(attr.options["n_steps"], int)
     with pytest.raises(TypeError):
         attr.options["n_steps"] = 7  # type: ignore[index]
@@ -497,7 +499,7 @@ def test_options_record_defaults_and_occlusion_fits_the_image(
     assert dict(at64.options) == {"window": 9, "stride": 5, "perturbations_per_eval": 32}
     for side, expected in ((227, (32, 16)), (448, (64, 32)), (1000, (64, 64))):  # cut to the bounds
         opts: dict[str, float | int] = {"window": 32, "stride": 16, "perturbations_per_eval": 16}
-        attribution._fit_occlusion(METHODS["occlusion"], opts, {}, side=side)
+        attribution._fit_occlusion(opts, {}, (side, side))
         assert (opts["window"], opts["stride"]) == expected
     assert isinstance(occ, Attribution) and occ.layer is None and occ.convergence_delta is None
 
@@ -510,7 +512,7 @@ def test_the_lock_serialises_calls(model: nn.Sequential, x64: torch.Tensor) -> N
         attribute(model, x64, "saliency", target=TARGET)
         done.set()
 
-    with attribution.MODEL_LOCK:
+    with model_lock(model):
         t = threading.Thread(target=run)
         t.start()
         assert not done.wait(0.3)
@@ -540,3 +542,114 @@ def test_deeplift_unpools_in_the_cpu_order() -> None:
         finally:
             torch.set_num_threads(threads)
         assert torch.equal(_unpool2d_in_order(values, indices, 3, 2, 0, list(x.shape)), want)
+
+
+# ---- integrated gradients: steps doubled until the map adds up ----
+
+def test_integrated_gradients_stops_doubling_once_complete_within_the_tolerance() -> None:
+    mlp, _, _, x = _mlp()  # a ReLU MLP with biases: the path integrand has kinks, so few steps are not exact
+    target = 1
+    with torch.no_grad():
+        change = float(logit(mlp, x, target) - logit(mlp, torch.zeros_like(x), target))
+    eight = attribute(mlp, x, "integrated_gradients", target=target, n_steps=8, tolerance=0)
+    assert abs(float(eight.raw.sum()) - change) > 0.01 * abs(change)  # 8 steps are not enough here...
+    passes: list[float] = []
+    adaptive = attribute(mlp, x, "integrated_gradients", target=target, n_steps=200, internal_batch_size=8,
+                         tolerance=0.01, progress=lambda f, _m: passes.append(f))
+    # ...16 are: it stops there, far below the cap of 200 steps
+    assert adaptive.steps == 16 and dict(adaptive.options)["n_steps"] == 200
+    assert abs(float(adaptive.raw.sum()) - change) <= 0.01 * abs(change)
+    assert adaptive.convergence_delta == pytest.approx(float(adaptive.raw.sum()) - change, abs=1e-6)
+    fixed = attribute(mlp, x, "integrated_gradients", target=target, n_steps=16, tolerance=0)
+    assert torch.allclose(adaptive.raw, fixed.raw, rtol=1e-5, atol=1e-9)  # the same 16-point integral
+    # f(x) and f(0) in one pass, then 8 and 16 steps in batches of 8: 4 passes reported, then 1.0
+    assert len(passes) == 1 + 1 + 1 + 2 and passes[-1] == 1.0
+
+
+def test_integrated_gradients_levels() -> None:
+    levels = attribution._ig_levels
+    assert levels({"n_steps": 32, "tolerance": 0.01}) == [8, 16, 32]
+    assert levels({"n_steps": 50, "tolerance": 0.01}) == [8, 16, 32, 50]
+    assert levels({"n_steps": 50, "tolerance": 0.0}) == [50]
+    assert levels({"n_steps": 6, "tolerance": 0.01}) == [6]
+    assert levels({"n_steps": 16, "tolerance": 0.05}) == [8, 16]
+
+
+# ---- contrasts: why A and not B ----
+
+def test_a_contrast_is_the_gradient_of_the_score_difference(model: nn.Sequential, x64: torch.Tensor) -> None:
+    a, b = TARGET, 5
+    attr = attribute(model, x64, "saliency", target=Contrast(a, b))
+    xx = x64.clone().requires_grad_(True)
+    out = model(xx)[0]
+    (oracle,) = torch.autograd.grad(out[a] - out[b], xx)
+    assert (attr.raw - oracle[0]).abs().max() <= 1e-5
+    assert (attr.raw - (input_grad(model, x64, a) - input_grad(model, x64, b))).abs().max() <= 1e-5
+    assert attr.target == a and attr.contrast == b
+    assert_clean(model)
+
+
+CONTRASTIVE = [name for name, spec in METHODS.items() if spec.contrastive]
+
+
+@pytest.mark.parametrize("method", CONTRASTIVE)
+def test_swapping_the_classes_negates_the_map(method: str, model: nn.Sequential, x64: torch.Tensor) -> None:
+    opts = FAST.get(method, {})
+    ab = attribute(model, x64, method, target=Contrast(TARGET, 5), **opts)
+    ba = attribute(model, x64, method, target=Contrast(5, TARGET), **opts)
+    scale = float(ab.raw.abs().max())
+    assert scale > 0
+    # gradcam's raw is its map before the final ReLU: negated too, so the heatmaps show the two sides
+    assert torch.allclose(ab.raw, -ba.raw, rtol=1e-4, atol=1e-5 * scale), method
+    assert_clean(model)
+
+
+def test_methods_that_cannot_contrast_say_so(model: nn.Sequential, x64: torch.Tensor) -> None:
+    assert set(METHODS) - set(CONTRASTIVE) == {"guided_backprop", "deconvolution", "guided_gradcam"}
+    for method in set(METHODS) - set(CONTRASTIVE):
+        with pytest.raises(OptionError, match="cannot show a contrast"):
+            attribute(model, x64, method, target=Contrast(TARGET, 5))
+    with pytest.raises(OptionError, match="two different classes"):
+        attribute(model, x64, "saliency", target=Contrast(TARGET, TARGET))
+    with pytest.raises(OptionError, match="between 0 and 9, not 10"):
+        attribute(model, x64, "saliency", target=Contrast(TARGET, 10))
+
+
+def test_the_default_other_class_is_the_runner_up(model: nn.Sequential, x64: torch.Tensor) -> None:
+    with torch.no_grad():
+        order = model(x64)[0].argsort(descending=True).tolist()
+    top, second = order[0], order[1]
+    assert attribute(model, x64, "saliency", target=Contrast(top)).contrast == second
+    assert attribute(model, x64, "saliency", target=Contrast(second)).contrast == top
+
+
+# ---- warnings ----
+
+def test_captum_notes_are_silenced_only_inside_the_call(model: nn.Sequential, x64: torch.Tensor) -> None:
+    import warnings
+
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for method in ("guided_backprop", "deeplift"):  # the two that announce their hooks
+            attribute(model, x64, method, target=TARGET)
+    assert not [w for w in caught if "hooks" in str(w.message)], [str(w.message) for w in caught]
+    assert warnings.filters == before
+    from captum.attr import GuidedBackprop  # the oracle: Captum itself does warn
+
+    with pytest.warns(UserWarning, match="Setting backward hooks"):
+        GuidedBackprop(model).attribute(x64.clone().requires_grad_(True), target=TARGET)
+    assert_clean(model)
+
+
+def test_to_dict_is_strict_json(model: nn.Sequential, x64: torch.Tensor) -> None:
+    import dataclasses
+    import json
+
+    attr = attribute(model, x64, "integrated_gradients", target=Contrast(TARGET, 5), n_steps=4)
+    data = json.loads(json.dumps(attr.to_dict(), allow_nan=False))
+    assert data == {"method": "integrated_gradients", "target": TARGET, "contrast": 5, "layer": None,
+                    "options": {"n_steps": 4, "internal_batch_size": 16, "tolerance": 0.01},
+                    "seconds": round(attr.seconds, 4), "convergence_delta": attr.convergence_delta, "steps": 4}
+    broken = dataclasses.replace(attr, convergence_delta=float("nan"), seconds=float("inf"))
+    assert json.loads(json.dumps(broken.to_dict(), allow_nan=False))["convergence_delta"] is None

@@ -260,6 +260,24 @@ def test_attribution_on_a_gpu_input_and_a_named_target(models) -> None:
     assert not any(m._forward_hooks or m._backward_hooks or m._forward_pre_hooks for m in cuda.module.modules())
 
 
+def test_a_contrast_on_the_gpu_matches_the_cpu_and_swapping_negates_it(models, cpu_analyses) -> None:
+    """Why tabby and not tiger cat, on CUDA: the CPU's map of score[a] - score[b] is the oracle; swapping the
+    classes negates saliency's signed gradient and Grad-CAM's map before its final ReLU."""
+    from alexnet_viz.targets import Contrast
+
+    cpu, cuda = models["torchvision", "cpu"], models["torchvision", "cuda"]
+    analysis = cpu_analyses["torchvision", "cat.jpg"]
+    with strict_fp32():
+        for method in ("saliency", "gradcam", "integrated_gradients"):
+            ref = explain(cpu, analysis, method, target=Contrast("tabby", "tiger cat"))
+            got = explain(cuda, analysis, method, target=Contrast("tabby", "tiger cat"))
+            swapped = explain(cuda, analysis, method, target=Contrast("tiger cat", "tabby"))
+            assert (got.target, got.contrast) == (281, 282)
+            assert cosine(got.raw, ref.raw) > STRICT_COSINE, method
+            torch.testing.assert_close(swapped.raw, -got.raw, rtol=1e-3, atol=1e-4 * float(got.raw.abs().max()))
+    assert cpu.lock is not cuda.lock  # each model its own lock: the CPU and GPU models never wait for each other
+
+
 # ---- what the app and the CLI draw from a GPU model ----
 
 

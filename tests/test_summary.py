@@ -1,4 +1,4 @@
-"""The architecture table against the issue's numbers, the seed tables, torchvision's meta, real models."""
+"""The architecture table against published parameter counts and layer shapes, torchvision's meta, real models."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from torch import nn
 from alexnet_viz.architectures import ARCHITECTURES, build_model
 from alexnet_viz.summary import LayerRow, Summary, format_table, summarize
 
-# (arch, num_classes) -> trainable parameters, as stated in the issue and the seed documents.
+# (arch, num_classes) -> trainable parameters, as published (see tests/test_architectures.py).
 TRAINABLE = {
     ("torchvision", 1000): 61_100_840,
     ("paper", 1000): 62_378_344,
     ("paper-2gpu", 1000): 60_965_224,
-    ("bn", 24): 46_846_040,  # seed 001's Keras summary
+    ("bn", 24): 46_846_040,  # the Keras BatchNorm variant's summary
 }
 TV_META = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.meta
 
@@ -27,7 +27,7 @@ def row(summary: Summary, name: str) -> LayerRow:
 
 
 @pytest.mark.parametrize(("arch", "num_classes"), list(TRAINABLE))
-def test_trainable_parameters_match_the_seeds(arch: str, num_classes: int) -> None:
+def test_trainable_parameters_match_the_published_ones(arch: str, num_classes: int) -> None:
     s = summarize(arch, num_classes=num_classes)
     assert s.trainable_params == TRAINABLE[arch, num_classes]
     assert sum(r.params for r in s.layers) == s.trainable_params
@@ -38,7 +38,7 @@ def test_trainable_parameters_match_the_seeds(arch: str, num_classes: int) -> No
 def test_bn_counts_running_statistics_as_non_trainable_like_keras() -> None:
     s = summarize("bn", num_classes=24)
     assert s.non_trainable == 704  # running mean + var of 96 + 256 channels; not num_batches_tracked
-    assert s.total_params == 46_846_744  # seed 001's "Total params"
+    assert s.total_params == 46_846_744  # the Keras summary's "Total params"
     assert row(s, "bn1").buffers == 2 * 96 and row(s, "bn2").buffers == 2 * 256
     assert row(s, "bn1").params == 2 * 96  # gamma and beta are trained
 
@@ -71,11 +71,11 @@ def test_torchvision_takes_larger_inputs_through_its_adaptive_pool() -> None:
 @pytest.mark.parametrize(
     ("arch", "shapes"),
     [
-        # seed 003's table for the paper's 227x227 input
+        # the paper's layer sizes on a 227x227 input (55, 27, 13, 6)
         ("paper", {"conv1": (96, 55, 55), "pool1": (96, 27, 27), "pool2": (256, 13, 13),
                    "pool5": (256, 6, 6)}),
         ("paper-2gpu", {"conv1": (96, 55, 55), "pool5": (256, 6, 6)}),
-        # seed 001's Keras model: unpadded conv1 on 224
+        # the Keras BatchNorm variant: unpadded conv1 on 224
         ("bn", {"conv1": (96, 54, 54), "pool1": (96, 26, 26), "pool5": (256, 5, 5), "flatten": (6400,)}),
         ("torchvision", {"conv1": (64, 55, 55), "pool5": (256, 6, 6), "flatten": (9216,), "fc8": (1000,)}),
     ],

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from alexnet_viz import weights as W
 from alexnet_viz.model import load_model
-from alexnet_viz.weights import WeightsError, load_state_dict_file
+from alexnet_viz.weights import ImageNet, Untrained, WeightsError, WeightsFile, load_state_dict_file, parse_source
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +146,8 @@ def test_offline_without_cache_says_how_to_fix_and_falls_back_loudly(torch_home:
     assert loaded.weights.warning is not None and "predictions are meaningless" in loaded.weights.warning
     assert "weights fetch" in loaded.weights.warning
     assert "not cached" in W.weights_status().describe()
-    with pytest.raises(WeightsError, match="only for the torchvision architecture"):
-        load_model("paper", "imagenet", "cpu", fallback=True)
+    with pytest.raises(WeightsError, match=r"^No ImageNet weights exist for the paper architecture; train one"):
+        load_model("paper", "imagenet", "cpu")
 
 
 def test_cached_checkpoint_is_hash_checked_and_used_without_network(torch_home: Path, tv_state: dict,
@@ -183,3 +183,50 @@ def test_fetch_uses_torch_hub_download_with_hash_check(torch_home: Path, monkeyp
     assert seen == {"url": torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url, "hash_prefix": "7be5be79",
                     "progress": True}
     assert W.fetch_imagenet() == path  # cached: no second download
+
+
+def test_weights_words_become_typed_sources(tmp_path: Path) -> None:
+    assert parse_source("imagenet") == parse_source(" ImageNet ") == ImageNet()
+    assert parse_source("none") == parse_source("NONE") == Untrained()
+    assert parse_source("w.pt") == WeightsFile(Path("w.pt")) and parse_source(tmp_path) == WeightsFile(tmp_path)
+    assert parse_source("./none") == WeightsFile(Path("none"))  # a file really called none
+    assert parse_source(Untrained(seed=3)) == Untrained(seed=3)
+    with pytest.raises(WeightsError, match="No weights were named"):
+        parse_source("  ")
+    # a typed source loads like its words; Untrained(seed) picks the initialisation
+    a, b = load_model("cifar", Untrained(), "cpu"), load_model("cifar", "none", "cpu")
+    assert torch.equal(a.module.conv1.weight, b.module.conv1.weight)
+    c = load_model("cifar", Untrained(seed=1), "cpu")
+    assert not torch.equal(a.module.conv1.weight, c.module.conv1.weight)
+    assert c.weights.description == "seeded untrained weights (seed 1)"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_weights_with_non_finite_values_are_refused(tmp_path: Path, bad: float) -> None:
+    from alexnet_viz.architectures import build_model
+
+    state = build_model("cifar", num_classes=10).state_dict()
+    state["fc7.weight"][3, 4] = bad
+    save_file(state, tmp_path / "bad.safetensors")
+    with pytest.raises(WeightsError, match=r"^bad\.safetensors holds values that are not numbers \(NaN or infinity\) "
+                                           r"in fc7\.weight; these weights cannot be used"):
+        load_model("cifar", tmp_path / "bad.safetensors", "cpu")
+
+
+def test_the_banner_words_fit_the_architecture_and_the_source(torch_home: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _offline(monkeypatch)
+    asked = load_model("torchvision", "none", "cpu").weights
+    assert asked.warning == "untrained weights, as asked (--weights none): predictions are meaningless"
+    assert load_model("paper", "none", "cpu").weights.warning == asked.warning  # any architecture, the same words
+    offline = load_model("torchvision", "imagenet", "cpu", fallback=True).weights
+    assert offline.warning is not None
+    assert offline.warning.startswith("untrained weights: predictions are meaningless - The ImageNet weights are "
+                                      "not cached")
+    assert "run `alexnet-viz weights fetch` while online" in offline.warning and "as asked" not in offline.warning
+    for arch in ("paper", "paper-2gpu", "bn", "cifar"):
+        other = load_model(arch, "imagenet", "cpu", fallback=True).weights
+        assert other.warning == (f"untrained weights: predictions are meaningless - no ImageNet weights exist for the "
+                                 f"{arch} architecture; train one with `alexnet-viz train` and pass --weights FILE")
+        assert not other.trained and other.source == "none"
+    assert not hasattr(asked, "path")
