@@ -112,7 +112,8 @@ def _browser_or_skip():
     return sync_playwright
 
 
-FONT_JS = "(sel) => { const e = document.querySelector(sel); return e ? parseFloat(getComputedStyle(e).fontSize) : -1; }"
+FONT_JS = ("(sel) => { const e = document.querySelector(sel);"
+           " return e ? parseFloat(getComputedStyle(e).fontSize) : -1; }")
 
 
 @pytest.mark.browser

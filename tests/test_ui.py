@@ -21,11 +21,11 @@ from alexnet_viz import export, render
 from alexnet_viz.attribution import METHODS
 from alexnet_viz.cli import main as cli_main
 from alexnet_viz.ui import Handlers, ModelPool, Session, build_demo, upload_path
-from alexnet_viz.ui.handlers import OPTION_SPECS
+from alexnet_viz.ui.handlers import option_specs
 
 from .conftest import ASSETS, upload
 
-DEFAULTS = {n: o.default for n, o in OPTION_SPECS.items()}
+DEFAULTS = {n: o.default for n, o in option_specs().items()}
 SIDE = export.DISPLAY_SIDE
 
 
@@ -381,3 +381,22 @@ def test_pictures_are_written_once_per_content_atomically_at_png_level_1(pool: M
     files = [v for v in out.values() if isinstance(v, str) and v.endswith(".png")]
     assert len(files) >= 5 and all(Path(v).is_file() for v in files)
     assert not any(isinstance(v, Image.Image) for v in out.values())
+
+
+def test_a_method_registered_once_reaches_the_page(pool: ModelPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding a method is one entry in METHODS: its name, title and sliders reach the page's dropdown, the
+    Compare list and the event that runs it, with no other edit."""
+    from tests.test_registry import TOY
+
+    monkeypatch.setitem(METHODS, TOY.name, TOY)
+    demo = build_demo(pool)
+    dropdown = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "method")
+    group = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "compare-methods")
+    assert (TOY.title, TOY.name) in [tuple(c) for c in dropdown.choices]
+    assert (TOY.title, TOY.name) in [tuple(c) for c in group.choices]
+    for o in TOY.options:
+        assert any(getattr(b, "elem_id", None) == f"opt-{o.name}" for b in demo.blocks.values())
+    h = Handlers(pool)
+    session = analyze(h, upload("cat.jpg"))["session"]
+    out = h.explain(session, TOY.name, "", "conv5", 0.6, "auto", {o.name: o.default for o in TOY.options})
+    assert TOY.title in out["attr_info"] and out["session"].scene.methods == (TOY.name,)

@@ -18,7 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from .files import PNG_LEVEL, as_png_files, cache_png
-from .handlers import OPTION_SPECS, Handlers, _Bounded, _current_event, friendly, upload_path
+from .handlers import Handlers, _Bounded, _current_event, friendly, option_specs, upload_path
 from .layout import build_demo
 from .server import (
     ASSETS,
@@ -45,7 +45,6 @@ __all__ = [
     "CONCURRENCY",
     "DECODER",
     "MAX_FILE_SIZE",
-    "OPTION_SPECS",
     "PNG_LEVEL",
     "QUEUE_SIZE",
     "SESSION_TTL_S",
@@ -60,6 +59,7 @@ __all__ = [
     "cache_png",
     "friendly",
     "launch",
+    "option_specs",
     "return_freed_memory",
     "serve",
     "upload_path",

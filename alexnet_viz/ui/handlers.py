@@ -28,7 +28,7 @@ from torch import nn
 from .. import export, render
 from ..analysis import Analysis, analyze, explain
 from ..architectures import ARCHITECTURES, build_model
-from ..attribution import METHODS, Attribution, AttributionError
+from ..attribution import METHODS, Attribution, AttributionError, OptionSpec
 from ..errors import UserError, is_out_of_memory
 from ..model import LoadedModel, available_devices
 from ..summary import summarize
@@ -36,12 +36,17 @@ from . import files
 from .server import ASSETS, DECODER, SLOW_LIMIT_S
 from .state import ModelPool, Session
 
-__all__ = ["OPTION_SPECS", "Handlers", "friendly", "upload_path"]
+__all__ = ["Handlers", "friendly", "option_specs", "upload_path"]
 
 log = logging.getLogger("alexnet_viz")
 
-# One slider per distinct numeric option of any method; the method dropdown shows the ones it uses.
-OPTION_SPECS = {o.name: o for spec in METHODS.values() for o in spec.options}
+
+
+def option_specs() -> dict[str, OptionSpec]:
+    """One slider per distinct numeric option of the methods registered now (the page shows a method's own);
+    read when the page is built, so a method registered before that gets its sliders."""
+    return {o.name: o for spec in METHODS.values() for o in spec.options}
+
 NO_IMAGE = "Give an image first: upload one, take a photo, or click an example."
 MAX_ECHO = 40  # characters of a visitor's text repeated in a message
 
@@ -623,7 +628,7 @@ class Handlers:
     @friendly("classifying the image")
     def predict_api(self, image: Any) -> dict[str, float]:
         """Image -> the top-5 classes with their probabilities (the default model)."""
-        return label_value(analyze(self.pool.default, self.decode(upload_path(image))))
+        return label_value(analyze(self.pool.default, self.decode(upload_path(image)), capture=False))
 
     @friendly("explaining the image")
     def explain_api(self, image: Any, method: str, target: str | None) -> Image.Image:
@@ -633,7 +638,7 @@ class Handlers:
         if len(str(target or "")) > 200:
             raise _refuse(f"No class is called {_echo(target)}.")
         loaded = self.pool.default
-        result = analyze(loaded, self.decode(upload_path(image)))
+        result = analyze(loaded, self.decode(upload_path(image)), capture=False)  # no layer is hooked
         attr = explain(loaded, result, method, target=target or None,
                        layer=_default_cam_layer(loaded, METHODS[method].layer_based),
                        progress=_Bounded(None, self.time_limit_s))

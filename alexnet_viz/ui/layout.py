@@ -23,9 +23,8 @@ from .files import as_png_files
 from .server import CACHE_MAX_AGE_S, CACHE_SWEEP_S, SESSION_TTL_S, SLOW_CONCURRENCY
 from .state import ModelPool
 
-__all__ = ["CSS", "HEAD", "OPTION_NAMES", "build_demo"]
+__all__ = ["CSS", "HEAD", "build_demo"]
 
-OPTION_NAMES = list(H.OPTION_SPECS)
 SLOW_GROUP = "slow-attributions"  # concurrency_id of the events that can take seconds to minutes
 
 # Font sizes: 16 px body text on a laptop; presenter mode (a class on <body>, set by --presenter or the
@@ -80,6 +79,8 @@ def _picture(label: str, value: Any = None, **kwargs: Any) -> gr.Image:
 def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
     """The whole page; ``presenter`` starts it in presenter mode (large text, compact header)."""
     h = H.Handlers(pool)
+    options = H.option_specs()  # the methods registered now, each with its sliders
+    option_names = list(options)
     loaded = pool.default
     arch0, device0 = pool.default_key
     examples = H.examples()
@@ -166,7 +167,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                                                   filterable=True, elem_id="target")
                         c["cam_layer"] = gr.Dropdown(loaded.conv_layers, value=loaded.conv_layers[-1],
                                                      label="Grad-CAM layer", visible=False, elem_id="cam-layer")
-                        for name, o in H.OPTION_SPECS.items():
+                        for name, o in options.items():
                             c[f"opt_{name}"] = gr.Slider(o.minimum, o.maximum, value=o.default, step=o.step,
                                                          label=o.label, info=o.help, visible=False,
                                                          elem_id=f"opt-{name}")
@@ -242,20 +243,27 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         on([c["grid"].select], h.pick_tile, ["session"], layer_outputs, api_visibility="private")
         on([c["filters"].select], h.pick_filter, ["session"], filter_outputs, api_visibility="private")
 
-        option_inputs = [f"opt_{n}" for n in OPTION_NAMES]
+        option_inputs = [f"opt_{n}" for n in option_names]
 
         def explain_event(session: Any, method: str, target: str, cam_layer: str, alpha: float, cmap: str,
                           *values: float, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:  # noqa: B008
-            return h.explain(session, method, target, cam_layer, alpha, cmap, dict(zip(OPTION_NAMES, values,
+            return h.explain(session, method, target, cam_layer, alpha, cmap, dict(zip(option_names, values,
                                                                                       strict=True)),
                              progress=lambda f, m: progress(f, desc=m))
 
         def compare_event(session: Any, methods: list[str], target: str, cam_layer: str, alpha: float,
                           *values: float, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:  # noqa: B008
-            return h.compare(session, methods, target, cam_layer, alpha, dict(zip(OPTION_NAMES, values, strict=True)),
+            return h.compare(session, methods, target, cam_layer, alpha, dict(zip(option_names, values, strict=True)),
                              progress=lambda f, m: progress(f, desc=m))
 
-        on([c["method"].change], _option_visibility, ["method"], ["cam_layer", *option_inputs, "method_caption"],
+        def option_visibility(method: str) -> dict[str, Any]:
+            spec = METHODS.get(method)
+            used = {o.name for o in spec.options} if spec else set()
+            return {"cam_layer": gr.update(visible=bool(spec and spec.layer_based)),
+                    **{f"opt_{n}": gr.update(visible=n in used) for n in option_names},
+                    "method_caption": spec.caption if spec else ""}
+
+        on([c["method"].change], option_visibility, ["method"], ["cam_layer", *option_inputs, "method_caption"],
            api_visibility="private", queue=False)
         on([c["run"].click], explain_event, ["session", "method", "target", "cam_layer", "attr_alpha", "attr_cmap",
                                              *option_inputs], ["attr_image", "attr_info", "session"],
@@ -287,10 +295,3 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         demo.load(None, [c["presenter"]], None, js=PRESENTER_JS)
     return demo
 
-
-def _option_visibility(method: str) -> dict[str, Any]:
-    spec = METHODS.get(method)
-    used = {o.name for o in spec.options} if spec else set()
-    return {"cam_layer": gr.update(visible=bool(spec and spec.layer_based)),
-            **{f"opt_{n}": gr.update(visible=n in used) for n in OPTION_NAMES},
-            "method_caption": spec.caption if spec else ""}

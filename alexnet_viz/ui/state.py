@@ -48,8 +48,8 @@ class ModelPool:
             if arch == self.default_key[0]:
                 loaded = load_model(arch, self._weights, device, num_classes=self._num_classes, labels=self._labels,
                                     fallback=True)
-            else:
-                loaded = load_model(arch, "none", device)
+            else:  # no weights were given for it: ImageNet's where they exist, else untrained (the banner says)
+                loaded = load_model(arch, "imagenet", device, fallback=True)
             self._models[key] = loaded
             while len(self._models) > self._max:
                 oldest = next(k for k in self._models if k != self.default_key)
