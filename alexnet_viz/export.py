@@ -40,6 +40,7 @@ __all__ = [
     "attribution_picture",
     "channel_picture",
     "compare_picture",
+    "conv1_grid",
     "display",
     "filter_map_picture",
     "filters_picture",
@@ -57,7 +58,7 @@ __all__ = [
 SCHEMA = 1  # result.json's "schema": raise it when a key changes meaning
 DISPLAY_SIDE = 640  # overlays are drawn at ~3x the network's input so that they read on a projector
 PNG_LEVEL = 1  # zlib level of every picture: level 6 costs ~5x the time for ~20% fewer bytes
-FILTER_SCALE = 6  # conv1 filters: 11 px -> 66 px tiles
+FILTER_TILE = 88  # px per conv1 filter (11x11 filters x 8, 3x3 x 29): a grid of 64 is 720 px wide
 COMPARE_PER_ROW = 4  # Compare: at most this many methods a row, so each tile stays >= 300 px on a projector
 COMPARE_TILE = 320
 
@@ -96,7 +97,13 @@ def top_k_picture(analysis: Analysis) -> Image.Image:
 
 def filters_picture(loaded: LoadedModel, *, selected: int | None = None) -> Image.Image:
     """conv1's filters as one grid (``selected`` outlined)."""
-    return render.filter_grid(loaded.conv1.weight, scale=FILTER_SCALE, numbers=True, selected=selected)
+    return conv1_grid(loaded.conv1.weight, selected=selected)
+
+
+def conv1_grid(weight: Any, *, selected: int | None = None) -> Image.Image:
+    """First-layer filters (C, 3, k, k), each magnified to ~``FILTER_TILE`` px, numbered."""
+    scale = max(1, FILTER_TILE // int(weight.shape[-1]))
+    return render.filter_grid(weight, scale=scale, numbers=True, selected=selected)
 
 
 def strongest_channel(act: Any) -> int:

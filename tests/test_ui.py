@@ -312,7 +312,7 @@ def test_build_demo_names_the_api_endpoints(pool: ModelPool) -> None:
 def test_the_untrained_copy_is_described_honestly(h: Handlers, pool: ModelPool, tmp_path: Path) -> None:
     from alexnet_viz.architectures import build_model
 
-    fresh = render.filter_grid(build_model("torchvision", seed=0).conv1.weight, scale=export.FILTER_SCALE)
+    fresh = export.conv1_grid(build_model("torchvision", seed=0).conv1.weight)
     out = h.untrained_filters(None)
     assert np.array_equal(np.asarray(out["untrained"]), np.asarray(fresh))
     assert "untrained too" in out["untrained_note"]  # these weights are untrained: no claim about training

@@ -500,7 +500,7 @@ class Handlers:
         """conv1 of the same architecture, freshly initialised with seed 0: what training starts from."""
         loaded = self.model_for(session)
         fresh = build_model(loaded.arch, num_classes=loaded.num_classes, seed=0).get_submodule("conv1")
-        return {"untrained": render.filter_grid(cast(nn.Conv2d, fresh).weight, scale=export.FILTER_SCALE),
+        return {"untrained": export.conv1_grid(cast(nn.Conv2d, fresh).weight),
                 "untrained_note": untrained_note(loaded)}
 
     # --- attribution ----------------------------------------------------------------------------------

@@ -54,10 +54,10 @@ body.presenter .caption {display: none}
 .top5-bar span {display: block; height: 100%; background: #1f77b4}
 .top5-p {text-align: right; font-variant-numeric: tabular-nums}
 #arch-table {max-height: none}
-/* Pictures fill their column (a 640 px overlay, a 1000+ px grid), keeping their proportions; pixel grids stay sharp */
-.picture img {width: 100% !important; height: auto !important; max-height: none !important; object-fit: contain}
-#filters-grid img, #layer-grid img, #untrained-filters img {image-rendering: pixelated}
-.picture .image-container, .picture .image-frame {width: 100%; height: auto !important; max-height: none !important}
+/* Pictures at their own size (640 px overlays, 720+ px grids: drawn large enough), never cropped or boxed;
+   stretching the frame with CSS would break Gradio's click coordinates (tile and filter picks). */
+.picture img {max-height: none !important; height: auto !important}
+.picture .image-container, .picture .image-frame {height: auto !important; max-height: none !important}
 """
 
 # The download starts in the browser once the zip exists: one click gives the zip of what is on screen.
