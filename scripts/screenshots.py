@@ -1,4 +1,5 @@
-"""Take the README's screenshots: launch the app, click an example, capture each tab at 1280x720.
+"""Take the README's screenshots: launch the app, upload a photo, capture each tab in Chromium at 1920x1080,
+and once more in presenter mode.
 
     python scripts/screenshots.py [--weights none] [--out docs]
 
@@ -8,54 +9,68 @@ Needs Debian's chromium (/usr/bin/chromium) and playwright (the `test` extra).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from alexnet_viz.launcher import launched_app
 
-from tests.conftest import CHROMIUM, free_port, wait_until_serving  # noqa: E402
-from tests.test_app_e2e import CHROMIUM_ARGS  # noqa: E402
+from alexnet_viz.browser import Driver, Watch, with_page
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets"
+
+
+def take(d: Driver, watch: Watch, out: Path, photo: Path) -> list[Path]:
+    page = d.page
+    written: list[Path] = []
+
+    def shot(name: str) -> None:
+        page.evaluate("() => window.scrollTo(0, 0)")
+        path = out / f"{name}.png"
+        page.screenshot(path=str(path))
+        written.append(path)
+
+    d.upload(photo)
+    shot("screenshot")  # the README's first picture: the Filters tab after an upload
+    d.tab("Feature maps")
+    d.choose("layer", "conv2")
+    d.wait_text("layer-info", r"^conv2\b")
+    d.click_picture("layer-grid", 0.3, 0.2)
+    d.wait_text("layer-info", r"showing channel")
+    page.locator("#layer-grid").scroll_into_view_if_needed()
+    path = out / "feature-maps.png"
+    page.screenshot(path=str(path))
+    written.append(path)
+    d.tab("Saliency")
+    d.choose("method", "Integrated gradients")
+    page.locator("#explain").click()
+    d.wait_text("attribution-info", "Integrated gradients", timeout=180_000)
+    page.locator("#attribution").scroll_into_view_if_needed()
+    path = out / "saliency.png"
+    page.screenshot(path=str(path))
+    written.append(path)
+    d.tab("Filters")
+    page.locator("#presenter input").check()
+    page.wait_for_function("() => document.body.classList.contains('presenter')")
+    shot("presenter")
+    d.check("screenshots")
+    if watch.console_errors:
+        raise RuntimeError(f"console errors: {watch.console_errors}")
+    return written
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="none")
     parser.add_argument("--out", default=str(ROOT / "docs"))
-    parser.add_argument("--example", type=int, default=0, help="which example to click (0 = the first)")
+    parser.add_argument("--photo", default=str(ASSETS / "cat.jpg"))
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--weights", args.weights, "--port", str(port)],
-                            cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, proc)
-        from playwright.sync_api import expect, sync_playwright
-
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
-            page.goto(url)
-            page.locator("#examples button.gallery-item").nth(args.example).click()
-            expect(page.locator("#status")).to_contain_text("ms in all", timeout=60_000)
-            page.screenshot(path=str(out / "screenshot.png"))
-            for name, slug in (("Filters", "filters"), ("Feature maps", "features"), ("Saliency", "saliency"),
-                               ("Architecture", "architecture")):
-                page.get_by_role("tab", name=name).click()
-                if slug == "saliency":
-                    page.locator("#compare").click()
-                    expect(page.locator("#compare-image img")).to_be_visible(timeout=120_000)
-                page.wait_for_timeout(500)
-                page.screenshot(path=str(out / f"tab-{slug}.png"), full_page=True)
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    with tempfile.TemporaryDirectory() as tmp, launched_app(Path(tmp), ["--weights", args.weights,
+                                                                        "--device", "cpu"]) as app:
+        for path in with_page(app.url, lambda d, w: take(d, w, out, Path(args.photo))):
+            print(path)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,14 @@ def browser_ready() -> None:
 def walk(d: Driver, watch: Watch, tmp: Path, layers: list[str]) -> dict[str, object]:
     page = d.page
     seen: dict[str, object] = {}
+    # Before any image: another architecture and back (nothing to analyse yet, nothing may fail).
+    d.tab("Architecture")
+    for arch in ("paper", "torchvision"):
+        d.choose("arch", arch)
+        d.wait_text("arch-text", re.escape(ARCHITECTURES[arch].title))
+        d.idle()
+        d.check(f"architecture {arch} before an image")
+    d.tab("Filters")
     d.upload(ASSETS / "cat.jpg")
     d.check("upload")
     assert re.search(r"\d\.\d+%", d.text("top5")), d.text("top5")  # untrained ~0.1%: never "0%"

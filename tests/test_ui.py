@@ -400,3 +400,13 @@ def test_a_method_registered_once_reaches_the_page(pool: ModelPool, monkeypatch:
     session = analyze(h, upload("cat.jpg"))["session"]
     out = h.explain(session, TOY.name, "", "conv5", 0.6, "auto", {o.name: o.default for o in TOY.options})
     assert TOY.title in out["attr_info"] and out["session"].scene.methods == (TOY.name,)
+
+
+def test_events_with_nothing_to_update_skip_every_output(pool: ModelPool) -> None:
+    """A cleared image (or a model switch before any image) updates nothing: Gradio gets a skip per output,
+    not ``{}``, which it would read as one value for many outputs and show as "Error"."""
+    demo = build_demo(pool)
+    [analyze_event] = [e for e in demo.fns.values() if e.api_name == "analyze"]
+    out = analyze_event.fn(None, "torchvision", "cpu", "conv1", False, "viridis", 0.7, "saliency", 0.6, "auto", None)
+    assert isinstance(out, tuple) and len(out) == len(analyze_event.outputs)
+    assert all(o == gr.skip() for o in out)

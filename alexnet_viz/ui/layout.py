@@ -86,19 +86,24 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
     examples = H.examples()
     c: dict[str, Any] = {}  # every component by the name the handlers use
 
-    def _event(fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` returns {name: value}; Gradio gets {component: value}, pictures as PNG files."""
+    def _event(fn: Callable[..., Any], outputs: Sequence[str]) -> Callable[..., Any]:
+        """``fn`` returns {name: value}; Gradio gets {component: value}, pictures as PNG files. An empty dict
+        (nothing to update) becomes a skip for every output: Gradio reads ``{}`` as one missing value."""
 
         @wraps(fn)
         def keyed(*args: Any, **kwargs: Any) -> Any:
             out = fn(*args, **kwargs)
-            return {c[name]: value for name, value in out.items()} if isinstance(out, dict) else out
+            if not isinstance(out, dict):
+                return out
+            if not out:
+                return gr.skip() if len(outputs) == 1 else tuple(gr.skip() for _ in outputs)
+            return {c[name]: value for name, value in out.items()}
 
         return as_png_files(keyed)
 
     def on(triggers: Any, fn: Callable[..., Any], inputs: Sequence[str], outputs: Sequence[str],
            **kwargs: Any) -> Any:
-        return gr.on(triggers, _event(fn), [c[n] for n in inputs], [c[n] for n in outputs], **kwargs)
+        return gr.on(triggers, _event(fn, outputs), [c[n] for n in inputs], [c[n] for n in outputs], **kwargs)
 
     with gr.Blocks(title="alexnet-viz", delete_cache=(CACHE_SWEEP_S, CACHE_MAX_AGE_S), analytics_enabled=False) as demo:
         c["session"] = gr.State(None, time_to_live=SESSION_TTL_S)
@@ -277,16 +282,17 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         # and nothing is re-analysed.
         switched = on([c["arch"].input, c["device"].input], h.switch_model, ["arch", "device", "session"],
                       ["banner", "target", "filters", "filters_caption"], api_visibility="private")
+        arch_outputs = ["arch_table", "arch_chart", "arch_text"]
         switched.success(
-            _event(h.architecture), [c["arch"]], [c["arch_table"], c["arch_chart"], c["arch_text"]],
+            _event(h.architecture, arch_outputs), [c["arch"]], [c[n] for n in arch_outputs],
             api_visibility="private").success(
-            _event(h.analyze), [c[n] for n in ["image", "arch", "device", *view_inputs]],
+            _event(h.analyze, analysis_outputs), [c[n] for n in ["image", "arch", "device", *view_inputs]],
             [c[n] for n in analysis_outputs], api_visibility="private", preprocess=False,
             show_progress_on=[c["top5"]])
-        switched.failure(_event(h.current_model), [c["session"]], [c["arch"], c["device"]], api_visibility="private",
-                         queue=False)
-        untrained_box.expand(_event(h.untrained_filters), [c["session"]], [c["untrained"], c["untrained_note"]],
-                             api_visibility="private")
+        switched.failure(_event(h.current_model, ["arch", "device"]), [c["session"]], [c["arch"], c["device"]],
+                         api_visibility="private", queue=False)
+        untrained_box.expand(_event(h.untrained_filters, ["untrained", "untrained_note"]), [c["session"]],
+                             [c["untrained"], c["untrained_note"]], api_visibility="private")
         on([c["download"].click], h.download, ["session"], ["zip"], api_visibility="private").success(
             None, [c["zip"]], None, js=DOWNLOAD_JS, queue=False)
         c["presenter"].change(None, [c["presenter"]], None, js=PRESENTER_JS, queue=False)
