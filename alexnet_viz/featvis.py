@@ -159,8 +159,8 @@ class Visualization:
             **({"image": image_path} if image_path is not None else {}),
             "arch": self.arch, "layer": self.layer, "unit": self.unit, "objective": self.objective,
             "steps": self.settings.steps, "seconds": round(self.seconds, 4), "value": self.value,
-            "cached": self.cached, "settings": asdict(self.settings), "weights": self.fingerprint[:16],
-            "size": self.image.size[0],
+            "cached": self.cached, "settings": asdict(self.settings), "size": self.image.size[0],
+            **({"weights": self.fingerprint[:16]} if self.fingerprint else {}),
         }
 
 

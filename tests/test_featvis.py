@@ -296,3 +296,35 @@ def test_untrained_twin_is_another_network_with_the_same_interface(loaded):
     assert twin.arch == loaded.arch and twin.input_size == loaded.input_size and not twin.weights.trained
     assert not torch.equal(twin.conv1.weight, loaded.conv1.weight)  # loaded is seed 0 itself: twin is seed 1
     assert isinstance(fv.visualize(twin, "conv2", 0, settings=fv.Settings(steps=2), lock=None).image, Image.Image)
+
+
+# --- the CLI ------------------------------------------------------------------------------------------------
+
+
+def test_cli_visualize_writes_the_picture_and_its_json(tmp_path, capsys, monkeypatch):
+    import json
+
+    from alexnet_viz.cli import main
+
+    monkeypatch.setenv("ALEXNET_VIZ_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["visualize", "--layer", "conv2", "--unit", "4", "--steps", "3", "--weights", "none",
+                 "--arch", "torchvision", "--seed", "2", "--out", str(out), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert {"image", "layer", "unit", "steps", "seconds"} <= set(payload)
+    assert (payload["layer"], payload["unit"], payload["steps"]) == ("conv2", 4, 3)
+    assert payload["image"] == str(out / "conv2-4.png") and Image.open(payload["image"]).size == (224, 224)
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 1
+
+    assert main(["visualize", "--layer", "conv3", "--units", "0-3", "--steps", "2", "--weights", "none",
+                 "--out", str(out), "--json", "--no-cache"]) == 0
+    atlas = json.loads(capsys.readouterr().out)
+    assert [u["unit"] for u in atlas["units"]] == [0, 1, 2, 3] and Path(atlas["atlas"]).is_file()
+    assert all((out / f"conv3-{u}.png").is_file() for u in range(4))
+
+    assert main(["visualize", "--objective", "class", "--unit", "tabby", "--steps", "2", "--weights", "none",
+                 "--out", str(out), "--json", "--no-cache"]) == 0
+    assert json.loads(capsys.readouterr().out)["unit"] == 281  # "tabby, tabby cat" in ImageNet's list
+
+    assert main(["visualize", "--layer", "relu2", "--unit", "0", "--weights", "none", "--out", str(out)]) == 2
+    assert "conv1, conv2" in capsys.readouterr().err
