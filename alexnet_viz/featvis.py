@@ -645,19 +645,23 @@ def assess(loaded: LoadedModel, vis: Visualization, natural: torch.Tensor, *, sc
 
 def benchmark_rows(loaded: LoadedModel, *, repeats: int = 5, steps: int = 128) -> list[dict[str, Any]]:
     """Median seconds per unit (conv1, conv5, fc7, a class) at ``steps`` steps, and per step, for the
-    benchmark harness. No cache, no lock contention."""
+    benchmark harness: wall clock and this process's CPU time (which a busy machine inflates less).
+    No cache, no lock."""
     rows = []
     last_fc = resolve_target(loaded, None, "class")
     fcs = [n for n, m in loaded.module.named_children() if isinstance(m, nn.Linear)]
     cases = [("conv1", "channel"), ("conv5", "channel"), (fcs[-2] if len(fcs) > 1 else last_fc, "channel"),
              (last_fc, "class")]
     for layer, objective in cases:
-        times = []
+        wall, cpu = [], []
         for r in range(repeats):
-            t0 = time.perf_counter()
-            visualize(loaded, layer, 0, objective=objective, settings=Settings(steps=steps, seed=r), lock=None)
-            times.append(time.perf_counter() - t0)
-        median = float(np.median(times))
+            t0, c0 = time.perf_counter(), time.process_time()
+            visualize(loaded, layer, r, objective=objective, settings=Settings(steps=steps, seed=r), lock=None)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        median = float(np.median(wall))
         rows.append({"name": f"featvis {layer} ({objective})", "unit_s": round(median, 3),
-                     "step_ms": round(1000 * median / steps, 2), "steps": steps, "repeats": repeats})
+                     "unit_cpu_s": round(float(np.median(cpu)), 3), "step_ms": round(1000 * median / steps, 2),
+                     "steps": steps, "repeats": repeats, "threads": torch.get_num_threads(),
+                     "device": str(loaded.device)})
     return rows

@@ -18,6 +18,8 @@ it is read with ``allow_pickle=False``, so a file from elsewhere cannot run code
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -38,6 +40,7 @@ from .images import ImageError, load_image
 from .model import LoadedModel
 
 __all__ = [
+    "ASSETS",
     "IMAGE_SUFFIXES",
     "TOP_K",
     "GalleryError",
@@ -46,6 +49,8 @@ __all__ = [
     "Neighbour",
     "Neighbours",
     "ReceptiveField",
+    "assets_index",
+    "benchmark_rows",
     "build_index",
     "find_images",
     "image_features",
@@ -59,6 +64,7 @@ Progress = Callable[[float, str], None]
 TOP_K = 9
 THUMB = 32  # side of the pixel-space thumbnail
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the bundled example photos (in the repository)
 _FORMAT = "alexnet-viz gallery index"
 _VERSION = 1
 
@@ -154,8 +160,6 @@ def image_features(loaded: LoadedModel, x: torch.Tensor, *, lock: Any = "model")
         from .attribution import MODEL_LOCK
 
         lock = MODEL_LOCK
-    import contextlib
-
     with lock if lock is not None else contextlib.nullcontext(), torch.inference_mode(), \
             capture(loaded.module, [*convs, embed]) as acts:
         loaded.module(x.to(loaded.device))
@@ -344,6 +348,30 @@ def build_index(
     )
 
 
+def assets_index(loaded: LoadedModel, *, folder: str | os.PathLike[str] = ASSETS, cache_dir: Path | None = None,
+                 progress: Progress | None = None) -> GalleryIndex:
+    """The app's default gallery: ``folder`` (the bundled photos) indexed with ``loaded``, kept on disk per
+    architecture and weights fingerprint and rebuilt when the folder's images change."""
+    from .featvis import default_cache_dir, weights_fingerprint
+
+    root = Path(folder).expanduser().resolve()
+    files = [p.relative_to(root).as_posix() for p in find_images(root)]
+    folder_key = hashlib.sha256(json.dumps([str(root), files]).encode()).hexdigest()[:8]
+    cache = cache_dir or default_cache_dir().parent / "gallery"
+    path = cache / f"{loaded.arch}-{weights_fingerprint(loaded.module)[:16]}-{folder_key}.npz"
+    if path.is_file():
+        try:
+            index = GalleryIndex.load(path)
+            if index.root == root and set(index.paths) | set(index.skipped) == set(files):
+                return index
+        except GalleryError:
+            pass  # damaged: build it again
+    index = build_index(loaded, root, weights=loaded.weights.path or loaded.weights.source, progress=progress)
+    with contextlib.suppress(OSError):  # a read-only disk costs the cache, not the gallery
+        index.save(path)
+    return index
+
+
 # --- what the page shows ---------------------------------------------------------------------------------------
 
 
@@ -411,3 +439,27 @@ def neighbours(index: GalleryIndex, loaded: LoadedModel, image: Any, *, k: int =
 
     return Neighbours(fc7=rank(index.fc7, feats["fc7"]), pixels=rank(index.pixels, feats["pixels"]))
 
+
+
+def benchmark_rows(loaded: LoadedModel, folder: str | os.PathLike[str], *, repeats: int = 5,
+                   query: Any = None) -> list[dict[str, Any]]:
+    """Median seconds to index ``folder`` (per image) and to find one image's neighbours in it."""
+    import time
+
+    index_s, neighbour_s = [], []
+    index = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        index = build_index(loaded, folder, lock=None)
+        index_s.append((time.perf_counter() - t0) / len(index.paths))
+    assert index is not None  # noqa: S101 - repeats >= 1
+    probe = query if query is not None else index.path(0)
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        neighbours(index, loaded, probe, lock=None)
+        neighbour_s.append(time.perf_counter() - t0)
+    common = {"repeats": repeats, "threads": torch.get_num_threads(), "device": str(loaded.device),
+              "images": len(index.paths)}
+    return [{"name": "gallery index (per image)", "seconds": round(float(np.median(index_s)), 4), **common},
+            {"name": "neighbours (one image, fc7 + pixels)", "seconds": round(float(np.median(neighbour_s)), 4),
+             **common}]

@@ -37,6 +37,7 @@ __all__ = [
     "SizeRow",
     "Towers",
     "Walkthrough",
+    "conv1_position",
     "size_rows",
     "towers",
     "walkthrough",
@@ -211,6 +212,18 @@ def towers(module: nn.Sequential) -> Towers | None:
         elif isinstance(m, nn.Linear):
             links.append((name, "across both towers"))
     return Towers((w[:half], w[half:]), tuple(links))
+
+
+def conv1_position(loaded: LoadedModel, row: float, col: float) -> tuple[int, int]:
+    """The conv1 unit whose window is centred nearest input pixel (row, col), e.g. a click on the view."""
+    conv1 = cast(nn.Conv2d, loaded.module.get_submodule("conv1"))
+    k, s, p = _pair(conv1.kernel_size), _pair(conv1.stride), _pair(conv1.padding)
+    side = (loaded.input_size + 2 * p - k) // s + 1
+
+    def unit(v: float) -> int:
+        return int(min(side - 1, max(0, round((v + p - (k - 1) / 2) / s))))
+
+    return unit(row), unit(col)
 
 
 def walkthrough(loaded: LoadedModel, image: ImageSource, *, channel: int = 0, y: int | None = None,

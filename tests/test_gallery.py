@@ -212,3 +212,11 @@ def test_cli_index_and_neighbours(folder, tmp_path, capsys, loaded, index):
     assert [n["path"] for n in payload["fc7"]] == [n["path"] for n in expected["fc7"]]
     assert [n["path"] for n in payload["pixels"]] == [n["path"] for n in expected["pixels"]]
     assert main(["neighbours", str(ASSETS / "cat.jpg"), "--index", str(tmp_path / "nope.npz")]) == 2
+
+
+def test_assets_index_is_built_once_and_kept(loaded, folder, tmp_path):
+    first = g.assets_index(loaded, folder=folder, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    again = g.assets_index(loaded, folder=folder, cache_dir=tmp_path)
+    assert again.paths == first.paths and again is not first
+    np.testing.assert_array_equal(again.fc7, first.fc7)

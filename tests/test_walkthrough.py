@@ -117,3 +117,10 @@ def test_a_position_outside_the_map_is_refused(models):
         wt.walkthrough(models["torchvision"], CAT, y=55, x=0, lock=None)
     with pytest.raises(ValueError, match="channels"):
         wt.walkthrough(models["torchvision"], CAT, channel=64, lock=None)
+
+
+def test_a_click_picks_the_unit_centred_nearest(models):
+    loaded = models["torchvision"]
+    assert wt.conv1_position(loaded, 3, 3) == (0, 0)  # unit 0 sees rows -2..8, centred on 3
+    assert wt.conv1_position(loaded, 111, 7) == (27, 1)  # unit 27 is centred on 4*27 - 2 + 5 = 111
+    assert wt.conv1_position(loaded, 10_000, -50) == (54, 0)
