@@ -162,7 +162,7 @@ def test_conv1_centre_neuron_picture_is_its_filter():
     with torch.no_grad():
         loaded.conv1.weight.copy_(_gabors(64, seed=1))
     w = loaded.conv1.weight
-    units = [0, 1, 2, 3, 4, 5]
+    units = [0, 1, 2, 3]
     # A linear unit's best input is its filter. Transforms off: jitter would show it the filter averaged
     # over shifts; with them the centre patch's cosine is 0.1-0.6.
     pictures = fv.visualize_units(loaded, "conv1", units, objective="neuron",
@@ -328,3 +328,27 @@ def test_cli_visualize_writes_the_picture_and_its_json(tmp_path, capsys, monkeyp
 
     assert main(["visualize", "--layer", "relu2", "--unit", "0", "--weights", "none", "--out", str(out)]) == 2
     assert "conv1, conv2" in capsys.readouterr().err
+
+
+def test_the_shared_models_lock_is_taken_per_step_and_released():
+    import threading
+
+    from alexnet_viz.attribution import MODEL_LOCK
+
+    loaded = load_model("cifar", "none", "cpu", num_classes=4)
+    held: list[bool] = []
+    frames = fv.visualize_iter(loaded, "conv2", 0, settings=fv.Settings(steps=4), every=1,
+                               progress=lambda f, m: held.append(MODEL_LOCK.locked()))
+    first = next(frames)  # between steps the lock is free: another visitor's request can run
+    assert not MODEL_LOCK.locked() and first.step == 1
+    blocked = threading.Event()
+
+    def other_request() -> None:
+        with MODEL_LOCK:
+            blocked.set()
+
+    t = threading.Thread(target=other_request)
+    t.start()
+    t.join(5)
+    assert blocked.is_set()
+    assert list(frames)[-1].done and not MODEL_LOCK.locked() and held == [False] * 4
