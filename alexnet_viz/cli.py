@@ -270,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("weights", help="fetch the ImageNet weights ahead of time, or say what is cached")
     p.add_argument("action", choices=["fetch", "status"])
     p.set_defaults(func=_cmd_weights)
+
+    from .cli_units import register as register_units  # visualize, index, neighbours (issue #13)
+
+    register_units(sub, _add_model_args)
     return parser
 
 
