@@ -863,13 +863,37 @@ def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "
           num_classes: int | None = None, labels: str | None = None, host: str = "127.0.0.1", port: int = 7860,
           share: bool = False, block: bool = True) -> gr.Blocks:
     """Load the model, build the page and serve it (``block=False`` returns once it serves: for tests)."""
+    import signal
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return_freed_memory()
+    if block and threading.current_thread() is threading.main_thread():
+        # `kill -TERM` (how Spaces, systemd and docker stop a server) ends the process at once by default,
+        # leaving its decoder workers behind; handled as Ctrl-C is, Gradio closes the server and we go on below.
+        # Python drops an exception raised where it cannot propagate (an import lock's callback, a __del__):
+        # should this one land there, the timer ends the process anyway (its workers follow it by themselves).
+        def interrupt(signum: int, _frame: object) -> None:
+            backstop = threading.Timer(3.0, os._exit, args=(128 + signum,))
+            backstop.daemon = True
+            backstop.start()
+            raise KeyboardInterrupt
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, interrupt)
     DECODER.start()
-    pool = ModelPool(arch, weights, device, num_classes=num_classes, labels=labels)
-    if pool.default.weights.warning:
-        log.warning(pool.default.weights.warning)
-    return launch(build_demo(pool), host=host, port=port, share=share, block=block)
+    try:
+        pool = ModelPool(arch, weights, device, num_classes=num_classes, labels=labels)
+        if pool.default.weights.warning:
+            log.warning(pool.default.weights.warning)
+        demo = build_demo(pool)
+        try:
+            return launch(demo, host=host, port=port, share=share, block=block)
+        except KeyboardInterrupt:  # before launch() got to wait for one: its server may be up already
+            demo.close()
+            raise
+    finally:
+        if block:  # served until interrupted (or failed to start): stop the workers before the interpreter ends
+            DECODER.close()
 
 
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
