@@ -142,12 +142,22 @@ def _read_path(path: str | os.PathLike[Any]) -> bytes:
     except (TypeError, ValueError):
         name = "this path"
     try:
-        with open(path, "rb") as f:
-            info = os.fstat(f.fileno())
+        # O_NONBLOCK: opening a FIFO (or a serial device) would otherwise wait forever for a writer. It has no
+        # effect on reading a regular file, the only kind read below.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0))
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise ImageError(f"{name} is a folder, not an image file.")
             if not stat.S_ISREG(info.st_mode):
                 raise ImageError(f"{name} is not a regular file; choose an image file.")
             if info.st_size > MAX_BYTES:
                 raise ImageError(_too_many_bytes())
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as f:
             return f.read(MAX_BYTES + 1)
     except ImageError:  # a ValueError: keep it from the catch-all below
         raise
