@@ -714,6 +714,14 @@ def test_cancelling_over_http_frees_the_model(pool: ModelPool, monkeypatch: pyte
     assert _no_hooks_left(module)
 
 
+def _until(condition: Any, *, what: str, timeout: float = 60.0) -> None:
+    """Wait until ``condition()`` holds (checked every 10 ms), or fail saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_a_full_queue_turns_visitors_away_and_then_serves_again(pool: ModelPool) -> None:
     """More visitors than the queue holds: the extra ones are told at once (Gradio answers 503 "queue full",
@@ -721,18 +729,23 @@ def test_a_full_queue_turns_visitors_away_and_then_serves_again(pool: ModelPool)
     from gradio_client.utils import QueueError
 
     module = pool.default.module
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
 
     def wait_for_gate(_module: torch.nn.Module, _args: tuple[Any, ...]) -> None:
+        running.set()
         assert gate.wait(120), "the test never opened the gate"
 
     handle = module.register_forward_pre_hook(wait_for_gate)
     try:
-        with _app_in_process(pool, queue_size=3, concurrency=1) as (_, client):
-            jobs = []
-            for _ in range(7):  # one runs (held at the gate), three wait, three are turned away
+        with _app_in_process(pool, queue_size=3, concurrency=1) as (demo, client):
+            # The order is decided by what the server reports, never by sleeps: one runs (held at the gate),
+            # three wait in the queue, three are turned away.
+            jobs = [client.submit(handle_file(str(ASSETS / "cat.jpg")), api_name="/predict")]
+            assert running.wait(60), "the first request never reached the model"
+            for waiting in range(1, 4):
                 jobs.append(client.submit(handle_file(str(ASSETS / "cat.jpg")), api_name="/predict"))
-                time.sleep(0.3)
+                _until(lambda n=waiting: len(demo._queue) == n, what=f"{waiting} request(s) waiting in the queue")
+            jobs += [client.submit(handle_file(str(ASSETS / "cat.jpg")), api_name="/predict") for _ in range(3)]
             outcomes: list[str] = []
             turned_away = []
             for job in jobs[4:]:
@@ -860,9 +873,8 @@ def test_a_crashing_or_hanging_decoder_costs_one_request(tmp_path: Path, pool: M
         assert_friendly(str(caught.value))
         assert np.array_equal(np.asarray(decoder(str(good))), expected)
         # a visitor whose image was queued behind the crash is still served (tried again in the new worker)
-        with ThreadPoolExecutor(4) as threads:
+        with ThreadPoolExecutor(4) as threads:  # whatever order they reach the workers in
             bad_one = threads.submit(decoder, str(crash))
-            time.sleep(0.05)
             good_ones = [threads.submit(decoder, str(good)) for _ in range(3)]
             for good_one in good_ones:
                 assert np.array_equal(np.asarray(good_one.result(timeout=60)), expected)
