@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
+import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +49,80 @@ def _load(args: argparse.Namespace):
     return loaded
 
 
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high]; argparse turns the complaint into a usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number above `low` (and below `high`)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value <= low or (high is not None and value >= high):
+            bound = f"between {low:g} and {high:g}" if high is not None else f"above {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {text}")
+        return value
+
+    return parse
+
+
+def _not_a_readable_file(path: str) -> str | None:
+    """Why `path` cannot be read as an input file, found without opening it (opening a FIFO blocks), or None."""
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        return e.strerror or str(e)
+    if stat.S_ISDIR(info.st_mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file"
+    return None
+
+
+def _not_a_writable_folder(out: Path) -> str | None:
+    """Create `out` if need be; why nothing can be written into it, or None."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        return "is a file, not a folder"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".alexnet-viz-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot be written to ({e.strerror or e})"
+    return None
+
+
+def _folder_name(image: Path) -> str:
+    """A folder name for an image's results that cannot leave the output folder: letters, digits, '_', '-' and
+    '.', never starting with '.' (so never '..' or hidden), at most 100 characters."""
+    name = re.sub(r"[^\w.-]+", "_", image.stem).lstrip(".")[:100]
+    return name or "image"
+
+
 def _unique_dir(out: Path, stem: str, used: set[str]) -> Path:
+    """``out/stem``, or ``out/stem-2``, ... when an earlier image of this batch took it (compared case-blind, as
+    macOS and Windows file systems do) or a file of that name is in the way."""
     name, n = stem, 1
-    while name in used:
+    while name.casefold() in used or ((out / name).exists() and not (out / name).is_dir()):
         n += 1
         name = f"{stem}-{n}"
-    used.add(name)
+    used.add(name.casefold())
     return out / name
 
 
@@ -105,25 +176,30 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown method {unknown[0]!r} for --compare; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    problem = _not_a_writable_folder(out)
+    if problem:  # every image would fail the same way: say it once, before loading a model
+        print(f"error: --out {out} {problem}", file=sys.stderr)
+        return 1
     loaded = _load(args)
     try:
         scene = _scene(args, loaded, list(dict.fromkeys(methods)))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
     used: set[str] = set()
     results, failed = [], 0
     show = not args.json and sys.stderr.isatty()
     for image in tqdm(args.images, desc="images", unit="image", disable=not show or len(args.images) < 2):
         path = Path(image)
-        folder = _unique_dir(out, path.stem, used)
+        folder = _unique_dir(out, _folder_name(path), used)
         try:
             results.append(_write_analysis(loaded, path, folder, scene, args.target, args.top_k, show))
-        except (ImageError, ValueError, RuntimeError) as e:  # one line per bad image; the batch goes on
+        except (ImageError, ValueError, RuntimeError, OSError) as e:  # one line per bad image; the batch goes on
             failed += 1
-            print(f"error: {path}: {e}", file=sys.stderr)
-            results.append({"image": str(path), "error": str(e)})
+            message = f"cannot write {folder} ({e.strerror or e})" if isinstance(e, OSError) else str(e)
+            print(f"error: {path}: {message}", file=sys.stderr)
+            results.append({"image": str(path), "error": message})
             continue
         if not args.json:
             top = results[-1]["top_k"][0]
@@ -161,10 +237,19 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import gc
+
     from .ui import serve
 
-    serve(arch=args.arch, weights=args.weights, device=args.device, num_classes=args.num_classes,
-          labels=args.labels, host=args.host, port=args.port, share=args.share, presenter=args.presenter)
+    try:
+        serve(arch=args.arch, weights=args.weights, device=args.device, num_classes=args.num_classes,
+              labels=args.labels, host=args.host, port=args.port, share=args.share, presenter=args.presenter)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the server was up: serve() has stopped its workers
+        return 130
+    finally:
+        # The server has stopped. The interpreter's last garbage collection would walk every object torch and
+        # Gradio made (4 s measured on 2 busy cores) while a supervisor waits: nothing left needs collecting.
+        gc.freeze()
     return 0
 
 
@@ -214,23 +299,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"attribution method (repeatable) or 'all'; one of {', '.join(_method_choices())}; "
                         "default: none")
     p.add_argument("--target", default=None, help="class index or name to explain (default: the top-1)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=_int_in(1), default=5)
     p.add_argument("--layer", action="append", metavar="L",
                    help="feature maps of this layer (repeatable; default: every layer)")
-    p.add_argument("--channel", type=int, default=None,
+    p.add_argument("--channel", type=_int_in(0), default=None,
                    help="channel of the first --layer drawn over the image (default: its strongest)")
-    p.add_argument("--filter", type=int, default=None, help="conv1 filter drawn over the image (default: the "
+    p.add_argument("--filter", type=_int_in(0), default=None, help="conv1 filter drawn over the image (default: the "
                                                              "strongest)")
     p.add_argument("--sort", action="store_true", help="order channels by mean activation")
     p.add_argument("--cmap", default="viridis", help="colour map of the feature maps")
-    p.add_argument("--compare", action="append", metavar="M", help="methods side by side in compare.png (repeatable)")
+    p.add_argument("--compare", action="append", metavar="M", choices=_method_choices(),
+                   help="methods side by side in compare.png (repeatable)")
     p.add_argument("--json", action="store_true", help="print result.json to stdout")
-    p.set_defaults(func=_cmd_analyze)
+    p.set_defaults(func=_cmd_analyze, parser=p)
 
     p = sub.add_parser("summary", help="per-layer table: shapes, parameters, MACs and their shares")
     p.add_argument("--arch", default="torchvision", choices=list(ARCHITECTURES))
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--input-size", type=int, default=None, help="input side (default: the architecture's)")
+    p.add_argument("--num-classes", type=_int_in(1), default=None)
+    p.add_argument("--input-size", type=_int_in(1), default=None, help="input side (default: the architecture's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_summary)
 
@@ -239,27 +325,27 @@ def build_parser() -> argparse.ArgumentParser:
     # Hugging Face Spaces set GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; a laptop gets loopback only.
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 to serve a lecture hall's network)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--port", type=_int_in(1, 65535), default=os.environ.get("GRADIO_SERVER_PORT", "7860"))
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     p.add_argument("--presenter", action="store_true",
                    help="start in presenter mode: large text and a compact header for a projector (a toggle on the "
                         "page too)")
-    p.set_defaults(func=_cmd_serve)
+    p.set_defaults(func=_cmd_serve, parser=p)
 
     p = sub.add_parser("train", help="train a seed AlexNet on an image folder, cifar10 or fashion-mnist")
     p.add_argument("--arch", default="cifar", choices=list(ARCHITECTURES))
     p.add_argument("--data", required=True, help="an image folder (one sub-folder per class), cifar10 or "
                                                 "fashion-mnist (Debian's dataset-fashion-mnist package)")
     p.add_argument("--out", required=True, help="output folder: model.safetensors, model.json, curves.png")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--epochs", type=_int_in(1), default=3)
+    p.add_argument("--batch-size", type=_int_in(1), default=128)
+    p.add_argument("--lr", type=_float_in(0.0), default=0.05, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     p.add_argument("--no-augment", action="store_true", help="no random crops and flips")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--input-size", type=int, default=None)
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=_float_in(0.0, 0.5), default=0.1)
+    p.add_argument("--input-size", type=_int_in(1), default=None)
+    p.add_argument("--num-classes", type=_int_in(2), default=None)
+    p.add_argument("--seed", type=_int_in(0), default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.set_defaults(func=_cmd_train)
@@ -277,18 +363,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _option_problems(args: argparse.Namespace) -> list[str]:
+    """What argparse's types cannot check for the model options that analyze and serve share."""
+    problems = []
+    if getattr(args, "num_classes", None) is not None and args.num_classes < 1:
+        problems.append(f"argument --num-classes: must be at least 1, not {args.num_classes}")
+    if getattr(args, "labels", None) is not None:
+        problem = _not_a_readable_file(args.labels)
+        if problem:
+            problems.append(f"argument --labels: {args.labels} {problem}")
+    return problems
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from .images import ImageError
-    from .model import DeviceError
-    from .weights import WeightsError
+    from .errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # the harness parses its own flags (argparse's REMAINDER would drop --help)
         return _bench(argv[1:])
     args = build_parser().parse_args(argv)
+    for problem in _option_problems(args):
+        args.parser.error(problem)  # usage and one error line, exit status 2, as argparse's own checks
     try:
         return int(args.func(args))
-    except (WeightsError, DeviceError, ImageError) as e:
+    except UserError as e:  # weights, device, image, options, data: one sentence
         print(f"error: {e}", file=sys.stderr)
         return 2
 

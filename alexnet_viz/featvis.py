@@ -22,7 +22,7 @@ A smooth picture alone proves nothing: the parameterisation makes any network's 
 Show it beside the same unit of :func:`untrained_twin`, and check it with :func:`assess`.
 
 Concurrency: the model is shared by every visitor. Each step's forward and backward pass holds ``lock``
-(by default :data:`alexnet_viz.attribution.MODEL_LOCK`, which Captum's hooking methods also hold), so
+(by default the model's own lock, ``loaded.lock``, which Captum's hooking methods also hold), so
 steps of different visitors interleave but never overlap with an attribution's hooks.
 """
 
@@ -370,12 +370,6 @@ def _to_pil(x01: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
-def _default_lock() -> AbstractContextManager[Any]:
-    from .attribution import MODEL_LOCK
-
-    return MODEL_LOCK
-
-
 def _unit_seed(seed: int, layer: str, unit: int) -> int:
     digest = hashlib.sha256(f"{seed}/{layer}/{unit}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
@@ -520,7 +514,7 @@ def visualize_iter(
     unit_list = [units] if isinstance(units, int) else [int(u) for u in units]
     layer = resolve_target(loaded, layer, objective)
     _check_units(loaded, layer, unit_list)
-    guard = _default_lock() if lock == "model" else lock
+    guard = loaded.lock if lock == "model" else lock
     assert not isinstance(guard, str)  # noqa: S101 - "model" is the only string
     fingerprint = weights_fingerprint(loaded.module) if cache is not None else ""
     found: dict[int, Visualization] = {}
@@ -614,7 +608,7 @@ def activation_of(loaded: LoadedModel, layer: str, images: torch.Tensor | Sequen
         x01 = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(loaded.device)
         images = _normalise(x01, loaded)
     net = cut_network(loaded.module, layer)
-    guard = _default_lock() if lock == "model" else lock
+    guard = loaded.lock if lock == "model" else lock
     assert not isinstance(guard, str)  # noqa: S101
     with guard if guard is not None else contextlib.nullcontext(), torch.no_grad():
         out = F.relu(net(images.to(loaded.device)))

@@ -157,9 +157,7 @@ def image_features(loaded: LoadedModel, x: torch.Tensor, *, lock: Any = "model")
     convs = loaded.conv_layers
     embed = _embedding_layer(loaded)
     if lock == "model":
-        from .attribution import MODEL_LOCK
-
-        lock = MODEL_LOCK
+        lock = loaded.lock
     with lock if lock is not None else contextlib.nullcontext(), torch.inference_mode(), \
             capture(loaded.module, [*convs, embed]) as acts:
         loaded.module(x.to(loaded.device))
@@ -366,7 +364,7 @@ def assets_index(loaded: LoadedModel, *, folder: str | os.PathLike[str] = ASSETS
                 return index
         except GalleryError:
             pass  # damaged: build it again
-    index = build_index(loaded, root, weights=loaded.weights.path or loaded.weights.source, progress=progress)
+    index = build_index(loaded, root, weights=loaded.weights.description, progress=progress)
     with contextlib.suppress(OSError):  # a read-only disk costs the cache, not the gallery
         index.save(path)
     return index

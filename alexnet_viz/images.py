@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import stat
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeAlias, TypeVar
@@ -23,8 +24,11 @@ from .errors import UserError
 
 __all__ = [
     "ALLOWED_FORMATS",
+    "DECODE_TIMEOUT_S",
+    "DECODE_WORKERS",
     "MAX_ASPECT",
     "MAX_BYTES",
+    "MAX_JPEG_SCANS",
     "MAX_PIXELS",
     "MAX_SIDE",
     "MIN_SIDE",
@@ -43,6 +47,10 @@ MAX_PIXELS: int = 40_000_000  # width x height from the header; below Pillow's o
 MIN_SIDE: int = 8  # smaller is a mistake, not a photo; 8..62 px is upsampled by preprocessing
 MAX_ASPECT: float = 20.0  # torchvision resizes the short side to 256: 1x20000 would become 5 G pixels
 MAX_SIDE: int = 1024  # default long side after intake; AlexNet sees 224 px, so more is wasted memory
+# libjpeg decodes every scan of a progressive JPEG over the whole image, whatever draft() asks: a 1.2 MB file
+# that repeats one tiny scan 12,000 times over 6000x6000 pixels takes 22 s (1.8 ms a scan). Encoders write
+# 1 to 3 scans (baseline) or about 10 (progressive); libjpeg-turbo's djpeg offers -maxscans for this attack.
+MAX_JPEG_SCANS: int = 100
 
 ImageSource: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | BinaryIO | Image.Image | np.ndarray"
 
@@ -134,12 +142,22 @@ def _read_path(path: str | os.PathLike[Any]) -> bytes:
     except (TypeError, ValueError):
         name = "this path"
     try:
-        with open(path, "rb") as f:
-            info = os.fstat(f.fileno())
+        # O_NONBLOCK: opening a FIFO (or a serial device) would otherwise wait forever for a writer. It has no
+        # effect on reading a regular file, the only kind read below.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0))
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise ImageError(f"{name} is a folder, not an image file.")
             if not stat.S_ISREG(info.st_mode):
                 raise ImageError(f"{name} is not a regular file; choose an image file.")
             if info.st_size > MAX_BYTES:
                 raise ImageError(_too_many_bytes())
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as f:
             return f.read(MAX_BYTES + 1)
     except ImageError:  # a ValueError: keep it from the catch-all below
         raise
@@ -191,6 +209,11 @@ def _decode(data: bytes, *, max_side: int | None) -> Image.Image:
             fmt = f"{_FORMAT_NAMES.get(im.format, im.format)} file" if im.format else fmt
             # The header has told us the size; refuse before a single pixel is decoded.
             _check_size(*im.size)
+            if im.info.get("progressive") and _jpeg_scans(data, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
+                raise ImageError(
+                    f"This JPEG file is split into more than {MAX_JPEG_SCANS} passes (photos have at most a "
+                    "few dozen), which would take very long to decode; save it again as a PNG or JPEG and try that."
+                )
             # No seek(0) needed: open() leaves every allowed plugin on frame 0 (animated GIF, WebP and
             # PNG, multi-page TIFF), and the first frame is the one we analyse.
             if max_side is not None and max(im.size) >= 2 * max_side:
@@ -217,6 +240,42 @@ def _decode(data: bytes, *, max_side: int | None) -> Image.Image:
         # Truncated data (OSError), corrupt headers (SyntaxError, struct.error, ValueError, ...):
         # Pillow's exception types for a bad file are many and undocumented.
         raise ImageError(f"This {fmt} looks damaged or is not a complete image.") from exc
+
+
+# A marker where a JPEG segment may start: fill bytes (0xFF) and a code that is not a stuffed 0x00 or a
+# restart marker (those two occur inside a scan's entropy-coded data). The second form, without a repeat,
+# is the one to search with: 25 times faster through 12 MB of entropy-coded data.
+_JPEG_MARKER = re.compile(rb"\xff+([\x01-\xcf\xd8-\xfe])")
+_JPEG_NEXT_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+
+
+def _jpeg_scans(data: bytes, limit: int) -> int:
+    """How many scans (SOS segments) the first image of a JPEG file has; counting stops past `limit`.
+
+    Walks the segments by their lengths, so thumbnails inside EXIF (APP1) are not counted, and finds the end
+    of each scan's entropy-coded data with one regex search. A damaged file ends the count early: Pillow
+    then says it is damaged.
+    """
+    scans, i, n = 0, 2, len(data)  # after SOI
+    while i < n:
+        marker = _JPEG_MARKER.match(data, i)
+        if marker is None:
+            return scans
+        code, i = marker.group(1)[0], marker.end()
+        if code == 0xD9:  # EOI
+            return scans
+        if code == 0x01:  # TEM: no length
+            continue
+        i += int.from_bytes(data[i:i + 2], "big")
+        if code == 0xDA:  # SOS: the header, then entropy-coded data up to the next marker
+            scans += 1
+            if scans > limit:
+                return scans
+            following = _JPEG_NEXT_MARKER.search(data, i)
+            if following is None:
+                return scans
+            i = following.start()
+    return scans
 
 
 def _from_pil(source: Image.Image) -> Image.Image:
@@ -432,104 +491,176 @@ def _looks_like_text(head: bytes) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # a decoder the server can lose
 
+# The slowest legitimate files within the limits above (a 40 MP PNG at maximum compression, a 40 MP WebP or
+# progressive JPEG) took 0.7 to 3.3 s here on 2 busy cores; a 12 MP JPEG takes 0.1 s. Twice the worst of those
+# still ends a decoder that never returns well before a visitor gives up.
+DECODE_TIMEOUT_S: float = 8.0
+DECODE_WORKERS: int = 2  # as many as the server runs events at once (ui.CONCURRENCY): nobody queues for one
+
+
+def _worker_init(parent: int) -> None:
+    """Run in each decoder worker at its start: leave Ctrl-C to the server, and die with the server.
+
+    A server ended by SIGKILL, or by a SIGTERM that gives it no time to clean up, cannot stop its workers;
+    each then exits by itself within a quarter of a second of being orphaned. (Linux's PR_SET_PDEATHSIG is
+    no substitute: it fires when the *thread* that spawned the worker exits, and request threads come and go.)
+    """
+    import signal
+    import threading
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C reaches the whole group; the server decides
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.25)
+        os._exit(0)  # orphaned: whatever this worker was decoding has nobody to go to
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
 
 class IsolatedDecoder:
-    """``load_image(path)`` in a worker process, so that a native decoder that crashes or hangs on a file
-    costs that one request its answer, not every visitor their server.
+    """``load_image(path)`` in worker processes, so that a native decoder that crashes or hangs on a file
+    costs that one request its answer, not every visitor their server or their own upload.
 
     The allow-list keeps exotic decoders away, but libjpeg, libpng, libwebp and libtiff run native code on
-    untrusted bytes too. The worker is a plain ``concurrent.futures.ProcessPoolExecutor`` of one spawned
-    process (Pillow and numpy only; 43 MB); what comes back is the intake's result, at most ``MAX_SIDE``
-    on its long side. A worker that dies is replaced; each request that was in it is tried once more in a
-    worker of its own (it may only have been queued behind the culprit), and a file that kills that one
-    too is refused in a sentence. A decode that runs past ``timeout_s`` has its worker killed and is refused.
-    Where no worker process can be started at all, decoding stays in this process (logged once).
+    untrusted bytes too. Each worker is a ``ProcessPoolExecutor`` of one spawned process (Pillow and numpy
+    only; about 43 MB) that decodes **one request at a time**: a request waits for a free worker (at most
+    ``workers`` run at once), never inside another request's worker, so killing or losing a worker can only
+    ever cost the request it was decoding. What comes back is the intake's result, at most ``MAX_SIDE`` on its
+    long side.
+
+    - A decode that runs past ``timeout_s`` (its own, counted from when its worker starts on it) has its worker
+      killed and is refused in a sentence.
+    - A worker that dies is replaced, and the request is tried once more in a fresh worker; a file that kills
+      that one too is refused in a sentence (`CRASHED`).
+    - Where no worker process can be started at all (a ``__main__`` the spawned interpreter cannot import, as
+      with ``python - < script``), decoding stays in this process (logged once).
+    - Workers exit by themselves when the server process is gone (`_worker_init`).
     """
 
     CRASHED = ("This file crashed the image decoder, so it was not read; save it again as a PNG or JPEG "
                "and try that.")
 
-    def __init__(self, timeout_s: float = 30.0, target: Callable[[str], Image.Image] | None = None) -> None:
+    def __init__(self, timeout_s: float = DECODE_TIMEOUT_S, target: Callable[[str], Image.Image] | None = None,
+                 *, workers: int = DECODE_WORKERS) -> None:
         import threading
 
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers!r}")
         self.timeout_s = timeout_s
+        self.workers = workers
         self._target = target or load_image  # a module-level function: the worker imports it by name
         self._lock = threading.Lock()
-        self._pool: Any = None
+        self._slots = threading.BoundedSemaphore(workers)  # one request per worker at a time
+        self._idle: list[Any] = []  # started workers that answered and wait for a request
+        self._live: set[Any] = set()  # every worker not yet shut down, for close()
         self.isolated = True  # False once a worker process cannot be started here at all
 
-    def start(self) -> None:
-        """Start the worker now (a server calls this at start, so its first visitor does not wait)."""
-        self._worker_runs()
+    def timeout_message(self) -> str:
+        return (f"Reading this file took longer than {self.timeout_s:g} s, so it was stopped; save it again as "
+                "a PNG or JPEG and try that.")
 
-    def _worker_runs(self) -> bool:
-        """Whether a worker process can be started and answer; if not, decoding goes on in this process."""
-        pool = self._executor()
-        try:
-            pool.submit(os.getpid).result(timeout=120)
-            return True
-        except Exception as e:  # e.g. a __main__ the spawned interpreter cannot re-import (`python - < script`)
-            self._discard(pool, kill=True)
-            self.isolated = False
-            logging.getLogger(__name__).warning("image decoding stays in the server process: no worker process "
-                                                "could be started (%s: %s)", type(e).__name__, e)
-            return False
+    def start(self) -> None:
+        """Start the workers now (a server calls this at start, so that its first visitors do not wait)."""
+        started = []
+        for _ in range(self.workers):
+            pool = self._started()
+            if pool is None:
+                break
+            started.append(pool)
+        with self._lock:
+            self._idle.extend(started)
 
     def close(self) -> None:
+        """Stop every worker (a later call starts new ones)."""
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pools, self._live, self._idle = list(self._live), set(), []
+        for pool in pools:
+            _kill(pool)
 
     def __call__(self, path: str) -> Image.Image:
+        from concurrent.futures import CancelledError
         from concurrent.futures import TimeoutError as FutureTimeout
         from concurrent.futures.process import BrokenProcessPool
 
-        for attempt in range(2):
-            if not self.isolated:
-                break
-            # the shared worker first; after it died, a worker of this request's own, so that a file that
-            # kills it again cannot take another visitor's retry down with it
-            pool = self._executor() if attempt == 0 else self._new_pool()
-            try:
-                image: Image.Image = pool.submit(self._target, os.fspath(path)).result(timeout=self.timeout_s)
+        path = os.fspath(path)
+        with self._slots:
+            for attempt in range(2):
+                pool = self._checkout(fresh=attempt > 0)
+                if pool is None:  # no worker process can run here at all: decode in this one
+                    break
+                try:
+                    image: Image.Image = pool.submit(self._target, path).result(timeout=self.timeout_s)
+                except FutureTimeout:
+                    self._discard(pool)
+                    raise ImageError(self.timeout_message()) from None
+                except (BrokenProcessPool, CancelledError):  # it died under this request (or close() ended it)
+                    self._discard(pool)
+                    continue
+                except BaseException:  # the target's own answer, such as an ImageError: the worker is fine
+                    self._checkin(pool)
+                    raise
+                self._checkin(pool)
                 return image
-            except BrokenProcessPool:
-                self._discard(pool)
-                if attempt and self._worker_runs():  # a worker can run: it was this file
-                    raise ImageError(self.CRASHED) from None
-            except FutureTimeout:
-                self._discard(pool, kill=True)
-                raise ImageError(f"Reading this file took longer than {self.timeout_s:.0f} s, so it was stopped; "
-                                 "save it again as a PNG or JPEG and try that.") from None
-            finally:
-                if attempt:
-                    pool.shutdown(wait=False, cancel_futures=True)
-        return self._target(os.fspath(path))  # no worker process can run here at all: decode in this one
+            else:  # two workers died on this file: never risk it in this process
+                pool = self._checkout(fresh=True)  # start the next one now, not on the next visitor's time
+                if pool is not None:
+                    self._checkin(pool)
+                raise ImageError(self.CRASHED)
+        return self._target(path)
 
-    def _executor(self) -> Any:
+    # --- workers ---------------------------------------------------------------------------------------
+
+    def _checkout(self, *, fresh: bool) -> Any:
+        """A started worker for this request alone (an idle one unless `fresh`), or None if none can run."""
+        if not self.isolated:
+            return None
+        if not fresh:
+            with self._lock:
+                if self._idle:
+                    return self._idle.pop()
+        return self._started()
+
+    def _checkin(self, pool: Any) -> None:
         with self._lock:
-            if self._pool is None:
-                self._pool = self._new_pool()
-            return self._pool
+            if pool in self._live:  # not closed meanwhile
+                self._idle.append(pool)
 
-    @staticmethod
-    def _new_pool() -> Any:
+    def _started(self) -> Any:
+        """A new worker that has started and answered (its start-up is not counted in any decode's time)."""
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         # spawn: a fresh interpreter, never a fork of a server with threads and a model in memory
-        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-
-    def _discard(self, pool: Any, *, kill: bool = False) -> None:
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(os.getpid(),))
         with self._lock:
-            if self._pool is pool:
-                self._pool = None
-        if kill:  # a hung decoder never returns: end its process (terminate_workers is Python >= 3.14)
-            terminate = getattr(pool, "terminate_workers", None)
-            if terminate is not None:
-                terminate()
-            else:
-                for process in list((getattr(pool, "_processes", None) or {}).values()):
-                    process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+            self._live.add(pool)
+        try:
+            pool.submit(os.getpid).result(timeout=120)
+            return pool
+        except Exception as e:  # e.g. a __main__ the spawned interpreter cannot re-import (`python - < script`)
+            self._discard(pool)
+            self.isolated = False
+            logging.getLogger(__name__).warning("image decoding stays in the server process: no worker process "
+                                                "could be started (%s: %s)", type(e).__name__, e)
+            return None
+
+    def _discard(self, pool: Any) -> None:
+        with self._lock:
+            self._live.discard(pool)
+            if pool in self._idle:
+                self._idle.remove(pool)
+        _kill(pool)
+
+
+def _kill(pool: Any) -> None:
+    """End a worker's process now, whatever it is doing (a hung decoder never returns), and its executor."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+    else:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)

@@ -13,10 +13,13 @@ with its own class names, input size and normalisation::
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import os
 import shutil
+import stat
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,7 +34,7 @@ from torchvision.transforms import v2 as T
 
 from .architectures import ARCHITECTURES, build_model
 from .errors import UserError
-from .images import ImageError, load_image
+from .images import MAX_BYTES, ImageError, load_image
 from .model import resolve_device
 from .weights import WeightsError
 
@@ -82,9 +85,16 @@ class TrainResult:
 
 
 class _SafeFolder(datasets.ImageFolder):
-    """ImageFolder whose loader is our intake; an unreadable image becomes None (skipped and counted)."""
+    """ImageFolder whose loader is our intake; an unreadable image becomes None (skipped and counted).
+
+    Its walk follows no linked folder (a link to a parent folder would loop forever or copy images across
+    classes) and opens nothing but regular files; an image that is in the folder twice (the same file through
+    a link, or the same bytes) is kept once, and one found in two classes is left out of both: otherwise the
+    same picture could land in the training and the test split and make the test accuracy a lie.
+    """
 
     def __init__(self, root: str, transform: Callable[[Any], Any] | None = None) -> None:
+        self.duplicates, self.conflicting = 0, 0  # set by make_dataset, which the base class's __init__ calls
         super().__init__(root, transform=transform, loader=self._load, allow_empty=True)
         self.skipped: set[int] = set()
 
@@ -102,6 +112,69 @@ class _SafeFolder(datasets.ImageFolder):
             self.skipped.add(index)
             return None
         return (self.transform(image) if self.transform else image), target
+
+    def find_classes(self, directory: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
+        # Real folders only: a linked one is another class's folder, or a loop.
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir(follow_symlinks=False))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    def make_dataset(  # an instance method (a static one in torchvision): it records what it left out
+        self, directory: str | os.PathLike[str], class_to_idx: dict[str, int],
+        extensions: tuple[str, ...] | None = None, is_valid_file: Callable[[str], bool] | None = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
+        allowed = extensions or datasets.folder.IMG_EXTENSIONS
+        found: list[tuple[str, int, os.stat_result]] = []
+        for name in sorted(class_to_idx):
+            for top, folders, files in os.walk(os.path.join(directory, name), followlinks=False):
+                folders.sort()
+                for file in sorted(files):
+                    path = os.path.join(top, file)
+                    if is_valid_file is not None and not is_valid_file(path):
+                        continue
+                    if is_valid_file is None and not datasets.folder.has_file_allowed_extension(path, allowed):
+                        continue
+                    try:
+                        info = os.stat(path)  # follows a link to a file; opens nothing (a FIFO would block)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(info.st_mode):
+                        found.append((path, class_to_idx[name], info))
+        samples, self.duplicates, self.conflicting = _distinct(found)
+        return samples
+
+
+def _distinct(found: list[tuple[str, int, os.stat_result]]) -> tuple[list[tuple[str, int]], int, int]:
+    """(path, class) of each distinct image once, how many copies were dropped, how many images were dropped
+    for being in more than one class. The same file (device and inode: links, hard links) or the same bytes
+    (SHA-256, computed only for files whose size another file shares) is one image."""
+    by_size: dict[int, set[tuple[int, int]]] = {}
+    for _, _, info in found:
+        by_size.setdefault(info.st_size, set()).add((info.st_dev, info.st_ino))
+    digests: dict[tuple[int, int], str] = {}
+    groups: dict[object, list[tuple[str, int]]] = {}
+    for path, label, info in found:
+        inode = (info.st_dev, info.st_ino)
+        key: object = inode
+        if len(by_size[info.st_size]) > 1 and info.st_size <= MAX_BYTES:
+            if inode not in digests:
+                try:
+                    with open(path, "rb") as f:  # a regular file (checked): no blocking open
+                        digests[inode] = hashlib.sha256(f.read(MAX_BYTES)).hexdigest()
+                except OSError:
+                    digests[inode] = f"unreadable:{inode}"
+            key = digests[inode]
+        groups.setdefault(key, []).append((path, label))
+    samples, duplicates, conflicting = [], 0, 0
+    for copies in groups.values():
+        if len({label for _, label in copies}) > 1:
+            conflicting += 1
+            continue
+        samples.append(copies[0])
+        duplicates += len(copies) - 1
+    return sorted(samples), duplicates, conflicting
 
 
 class _Transformed(Dataset):
@@ -165,7 +238,46 @@ def _folder(path: Path) -> _SafeFolder:
         raise DataError(f"{path} has {len(folder.classes)} class folder(s); a classifier needs at least two.")
     if len(folder) == 0:
         raise DataError(f"{path} holds no image files in its class folders.")
+    if folder.duplicates or folder.conflicting:
+        print(f"{path}: left out {folder.duplicates} copies of images it holds twice and {folder.conflicting} "
+              "image(s) found in more than one class folder", file=sys.stderr)
     return folder
+
+
+def _check_config(config: TrainConfig) -> None:
+    """Refuse settings that cannot train, before any data is read; each as one sentence."""
+    from .summary import summarize
+
+    if config.arch not in ARCHITECTURES:
+        raise DataError(f"Unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise DataError("Epochs and batch size must be at least 1.")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise DataError(f"The learning rate must be a positive number, not {config.lr}.")
+    for name, fraction in (("validation", config.val_fraction), ("test", config.test_fraction)):
+        if not 0 < fraction < 0.5:
+            raise DataError(f"The {name} fraction must be between 0 and 0.5, not {fraction}.")
+    if config.num_classes is not None and config.num_classes < 2:
+        raise DataError(f"A classifier needs at least 2 classes, not {config.num_classes}.")
+    if config.input_size is not None:
+        try:  # on the meta device: shapes only, no memory
+            summarize(config.arch, num_classes=2, input_size=config.input_size)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+
+
+def _output_folder(out: Path) -> Path:
+    """Create the output folder (before any training, so that a bad --out costs nothing)."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file; give --out a folder to write the model into.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".alexnet-viz-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"Cannot write into {out} ({e.strerror or e}); give --out a folder you can write to.") from e
+    return out
 
 
 def _stats(dataset: Any, indices: Sequence[int], size: int) -> tuple[list[float], list[float]]:
@@ -236,10 +348,8 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
     from safetensors.torch import save_file
     from tqdm import tqdm
 
-    if config.arch not in ARCHITECTURES:
-        raise DataError(f"Unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise DataError("Epochs and batch size must be at least 1.")
+    _check_config(config)
+    out = _output_folder(Path(config.out))
     t_start = time.perf_counter()
     device = resolve_device(config.device)
     size = config.input_size or ARCHITECTURES[config.arch].input_size
@@ -299,22 +409,30 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle)
 
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
     start_epoch = 0
     checkpoint_path = out / "checkpoint.pt"
     if config.resume:
         if not checkpoint_path.is_file():
             raise DataError(f"There is no checkpoint to resume at {checkpoint_path}.")
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if state.get("arch") != config.arch:
-            raise WeightsError(f"{checkpoint_path} is for architecture {state.get('arch')!r}, not {config.arch!r}.")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        history, start_epoch = list(state["history"]), int(state["epoch"])
+        try:
+            state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+            arch = state.get("arch") if isinstance(state, dict) else None
+        except Exception as e:  # pickle, zip and torch errors of a damaged or foreign file are many
+            raise DataError(f"{checkpoint_path} is not a checkpoint alexnet-viz can resume from "
+                            f"({type(e).__name__}); delete it, or train again without --resume.") from e
+        if arch != config.arch:
+            raise WeightsError(f"{checkpoint_path} is for architecture {arch!r}, not {config.arch!r}.")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            history, start_epoch = list(state["history"]), int(state["epoch"])
+        except Exception as e:  # missing keys, other shapes (another --num-classes), wrong types
+            raise DataError(f"{checkpoint_path} does not fit this run ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}); delete it, or train "
+                            "again without --resume.") from e
         log(f"resuming after epoch {start_epoch}")
 
     for epoch in range(start_epoch, config.epochs):

@@ -246,9 +246,7 @@ def walkthrough(loaded: LoadedModel, image: ImageSource, *, channel: int = 0, y:
     pil = image if isinstance(image, Image.Image) else load_image(image)
     inputs = loaded.preprocess(pil.convert("RGB"))  # (1, 3, S, S)
     if lock == "model":
-        from .attribution import MODEL_LOCK
-
-        lock = MODEL_LOCK
+        lock = loaded.lock
     with lock if lock is not None else contextlib.nullcontext(), torch.inference_mode(), \
             capture(module, list(dict.fromkeys(wanted))) as acts:
         module(inputs)

@@ -140,3 +140,113 @@ def test_bench_subcommand_hands_its_flags_to_the_harness(capsys) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "alexnet-viz bench" in out and "--quick" in out
+
+
+# --- files that are not files, names that would escape, outputs that cannot be written, bad options ------------
+
+
+def _in_thread(argv: list[str], seconds: float = 120) -> int:
+    """main(argv) in a thread, so that a call that hangs (a FIFO opened for reading) fails the test instead."""
+    import threading
+
+    outcome: list[int | BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(main(argv))
+        except BaseException as e:  # SystemExit from argparse, too: re-raised in the test's thread
+            outcome.append(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert outcome, f"alexnet-viz {' '.join(argv[:2])} ... still runs after {seconds:.0f} s"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def test_fifos_are_refused_without_blocking_and_names_stay_inside_out(tmp_path: Path, capsys) -> None:
+    import os
+
+    src = tmp_path / "src"
+    src.mkdir()
+    fifo = src / "pipe.png"
+    os.mkfifo(fifo)
+    names = ["...png", "a.png", "a.jpg", "A.png", "a-2.png", "x y;$(z).png"]
+    for i, name in enumerate(names):
+        Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(src / name, format="PNG")
+    escaping = src / "sub" / ".." / "a.png"  # a path through "..": its name is still a.png
+    (src / "sub").mkdir()
+    out = tmp_path / "out"
+    before = set(tmp_path.iterdir())
+    code = _in_thread(["analyze", str(fifo), *(str(src / n) for n in names), str(escaping), "--weights", "none",
+                       "--arch", "paper", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "pipe.png" in errors[0] and "not a regular file" in errors[0], captured.err
+    assert set(tmp_path.iterdir()) == before | {out}  # nothing written beside --out
+    folders = sorted(p.name for p in out.iterdir())
+    assert folders == sorted(["image", "a", "a-2", "A-3", "a-2-2", "x_y_z_", "a-4"]), folders  # a-3 is A-3
+    assert all((out / f / "result.json").is_file() for f in folders)
+    inputs = {json.loads((out / f / "result.json").read_text())["image"] for f in folders}
+    assert inputs == {str(src / n) for n in names} | {str(escaping)}  # each image has its own folder
+
+
+def test_a_fifo_for_labels_is_an_option_error(tmp_path: Path, capsys) -> None:
+    import os
+
+    fifo = tmp_path / "labels.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(SystemExit) as exit_info:
+        _in_thread(["analyze", str(example_image()), "--weights", "none", "--labels", str(fifo), "--out",
+                    str(tmp_path / "o")], seconds=30)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument --labels:" in err and "not a regular file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("where", ["file", "proc"])
+def test_an_out_that_cannot_be_written_is_one_error_line(tmp_path: Path, capsys, where: str) -> None:
+    out = tmp_path / "taken.txt" if where == "file" else Path("/proc/alexnet-viz-out")
+    if where == "file":
+        out.write_text("a file, not a folder")
+    code = main(["analyze", str(example_image()), "--weights", "none", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.startswith("error: --out ") and captured.err.count("\n") == 1, captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["analyze", "x.png", "--out", "o", "--num-classes", "0"], "argument --num-classes: must be at least 1"),
+        (["analyze", "x.png", "--out", "o", "--num-classes", "-5"], "argument --num-classes: must be at least 1"),
+        (["analyze", "x.png", "--out", "o", "--top-k", "0"], "argument --top-k: must be at least 1, not 0"),
+        (["analyze", "x.png", "--out", "o", "--top-k", "two"], "argument --top-k: 'two' is not a whole number"),
+        (["summary", "--num-classes", "0"], "argument --num-classes: must be at least 1"),
+        (["summary", "--input-size", "-3"], "argument --input-size: must be at least 1"),
+        (["serve", "--port", "70000"], "argument --port: must be between 1 and 65535"),
+        (["serve", "--num-classes", "0"], "argument --num-classes: must be at least 1"),
+        (["train", "--data", "d", "--out", "o", "--epochs", "0"], "argument --epochs: must be at least 1"),
+        (["train", "--data", "d", "--out", "o", "--lr", "-1"], "argument --lr: must be above 0"),
+        (["train", "--data", "d", "--out", "o", "--lr", "nan"], "argument --lr: must be above 0"),
+        (["train", "--data", "d", "--out", "o", "--val-fraction", "2"], "argument --val-fraction: must be between"),
+        (["train", "--data", "d", "--out", "o", "--num-classes", "1"], "argument --num-classes: must be at least 2"),
+        (["train", "--data", "d", "--out", "o", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
+    ],
+)
+def test_bad_options_are_usage_errors(capsys, argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"alexnet-viz {argv[0]}: error: {message}" in err and "Traceback" not in err, err
+
+
+def test_train_input_size_too_small_is_one_error_line(tmp_path: Path, capsys) -> None:
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--input-size", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err

@@ -34,7 +34,7 @@ from PIL import Image
 
 from alexnet_viz import cli, ui
 from alexnet_viz.analysis import analyze
-from alexnet_viz.attribution import MODEL_LOCK, AttributionError
+from alexnet_viz.attribution import AttributionError
 from alexnet_viz.images import ImageError, load_image
 from alexnet_viz.model import available_devices
 from alexnet_viz.ui import Handlers, ModelPool, Session, build_demo
@@ -195,8 +195,11 @@ def local_model(pool: ModelPool):
     return pool.default  # the same seeded model as the server's (`--weights none`)
 
 
-def _page_analyze(h: Handlers, path: str, session: Session | None = None) -> tuple[Any, ...]:
-    return h.analyze({"path": path}, "torchvision", "cpu", "conv1", False, "viridis", session)
+def _page_analyze(h: Handlers, path: str, session: Session | None = None) -> tuple[Session, dict[str, float]]:
+    """The page's analyze event: the visitor's new session and its top-5 (label -> probability)."""
+    out = h.analyze({"path": path}, "torchvision", "cpu", "conv1", False, "viridis", 0.7, "saliency", 0.6, "auto",
+                    session)
+    return out["session"], {p.label: p.probability for p in out["session"].analysis.top_k}
 
 
 # --- face 1: the library's intake ------------------------------------------------------------------------
@@ -326,7 +329,7 @@ def test_corpus_through_the_http_api(server: Server, corpus: dict[str, Path], lo
             # the same sentence from the page's own event
             with pytest.raises(AppError, match=pattern):
                 client.predict(handle_file(str(corpus[name])), "torchvision", "cpu", "conv1", False, "viridis",
-                               api_name="/analyze")
+                               0.7, "saliency", 0.6, "auto", api_name="/analyze")
             assert _predict_labels(client, ASSETS / "cat.jpg") == good  # the server answers normally
         else:
             labels = _predict_labels(client, corpus[name])
@@ -495,17 +498,17 @@ def test_a_failed_model_switch_keeps_the_visitors_model(h: Handlers, pool: Model
         def refuse(*args: Any, failure: Exception = failure, **kwargs: Any) -> None:
             raise failure
 
-        monkeypatch.setattr(ui, "load_model", refuse)
+        monkeypatch.setattr(ui.state, "load_model", refuse)
         with pytest.raises(gr.Error) as caught:
             h.switch_model("paper", "cpu", session)
         assert_sentence(caught.value.message)
         assert dict(pool._models) == before  # nothing half-loaded was kept
     monkeypatch.undo()
     # the page puts the dropdowns back on the visitor's model, and everything still works with it
-    assert h.current_model(session) == ("torchvision", "cpu")
-    assert h.current_model(None) == pool.default_key
-    assert "conv3" in h.show_layer(session, "conv3", False, "viridis")[1]
-    assert h.explain(session, "gradcam", "", "conv5", 0.5, "auto", *_default_options(), progress=_no_progress)[2]
+    assert h.current_model(session) == {"arch": "torchvision", "device": "cpu"}
+    assert h.current_model(None) == dict(zip(("arch", "device"), pool.default_key, strict=True))
+    assert "conv3" in h.show_layer(session, "conv3", False, "viridis", 0.7)["layer_info"]
+    assert h.explain(session, "gradcam", "", "conv5", 0.5, "auto", _options(), progress=_no_progress)["session"]
     assert len(_page_analyze(h, upload(ASSETS / "espresso.jpg"), session)[1]) == 5
 
 
@@ -543,18 +546,15 @@ def test_an_absent_device_over_the_api_is_a_sentence(server: Server) -> None:
     client = Client(server.url, verbose=False)
     with pytest.raises(AppError) as caught:
         client.predict(handle_file(str(ASSETS / "cat.jpg")), "torchvision", absent, "conv1", False, "viridis",
-                       api_name="/analyze")
+                       0.7, "saliency", 0.6, "auto", api_name="/analyze")
     assert "is not available on this server" in str(caught.value)
     assert_friendly(str(caught.value))
     assert len(_predict_labels(client, ASSETS / "cat.jpg")) == 5
 
 
-def _default_options() -> list[float]:
-    return [o.default for o in ui.OPTION_SPECS.values()]
-
-
-def _options(**chosen: float) -> list[float]:
-    return [chosen.get(name, o.default) for name, o in ui.OPTION_SPECS.items()]
+def _options(**chosen: float) -> dict[str, float]:
+    """The page's sliders by name: the defaults, with ``chosen`` ones changed."""
+    return {name: chosen.get(name, o.default) for name, o in ui.option_specs().items()}
 
 
 def _no_progress(*args: Any, **kwargs: Any) -> None:
@@ -585,19 +585,19 @@ def test_out_of_memory_is_a_sentence_and_the_model_stays_usable(h: Handlers, poo
     assert_friendly(caught.value.message)
     for method in ("gradcam", "integrated_gradients"):
         with pytest.raises(gr.Error) as caught:
-            h.explain(session, method, "", "conv5", 0.5, "auto", *_options(n_steps=4), progress=_no_progress)
+            h.explain(session, method, "", "conv5", 0.5, "auto", _options(n_steps=4), progress=_no_progress)
         assert caught.value.message.startswith("Ran out of memory computing "), caught.value.message
         assert_friendly(caught.value.message)
     with pytest.raises(gr.Error, match="out of memory"):
         h.predict_api({"path": good})
     monkeypatch.undo()
     # the same model serves the next requests: no lock held, no hook left behind
-    assert MODEL_LOCK.acquire(blocking=False)
-    MODEL_LOCK.release()
+    assert pool.default.lock.acquire(blocking=False)
+    pool.default.lock.release()
     assert _no_hooks_left(pool.default.module)
     assert len(_page_analyze(h, good)[1]) == 5
-    assert h.explain(session, "integrated_gradients", "", "conv5", 0.5, "auto", *_options(n_steps=4),
-                     progress=_no_progress)[2].attributions["integrated_gradients"].options["n_steps"] == 4
+    assert h.explain(session, "integrated_gradients", "", "conv5", 0.5, "auto", _options(n_steps=4),
+                     progress=_no_progress)["session"].attributions["integrated_gradients"].options["n_steps"] == 4
 
 
 # --- faults: slow work ---------------------------------------------------------------------------------------------
@@ -611,29 +611,30 @@ def test_slow_attributions_stop_at_the_time_limit(pool: ModelPool) -> None:
     def progress(fraction: float, desc: str | None = None) -> None:
         seen.append(fraction)
 
-    slow = _options(n_steps=200, internal_batch_size=1, window=8, stride=4, perturbations_per_eval=1, samples=64,
-                    nt_samples_batch_size=1)
+    slow = _options(n_steps=200, tolerance=0, internal_batch_size=1, window=8, stride=4, perturbations_per_eval=1,
+                    samples=64, nt_samples_batch_size=1)
     for method in ("integrated_gradients", "occlusion", "smoothgrad"):  # minutes each without the limit
         t0 = time.perf_counter()
         with pytest.raises(gr.Error, match=r"took longer than 0\.3 s and was stopped") as caught:
-            h.explain(session, method, "", "conv5", 0.5, "auto", *slow, progress=progress)
+            h.explain(session, method, "", "conv5", 0.5, "auto", slow, progress=progress)
         assert time.perf_counter() - t0 < 60
         assert_friendly(caught.value.message)
     assert seen and max(seen) < 1.0  # it reported progress until it stopped
     with pytest.raises(gr.Error, match="took longer than"):
-        h.compare(session, ["saliency", "occlusion", "integrated_gradients"], "", 0.6, progress=_no_progress)
+        h.compare(session, ["saliency", "occlusion", "integrated_gradients"], "", "conv5", 0.6, _options(tolerance=0),
+                  progress=_no_progress)
     h.time_limit_s = 0.0
     with pytest.raises(gr.Error, match="took longer than"):
         h.explain_api({"path": upload(ASSETS / "cat.jpg")}, "occlusion", "")
     # the model is free again and fast methods are not affected by the limit
-    assert MODEL_LOCK.acquire(blocking=False)
-    MODEL_LOCK.release()
+    assert pool.default.lock.acquire(blocking=False)
+    pool.default.lock.release()
     assert _no_hooks_left(pool.default.module)
-    assert h.explain(session, "gradcam", "", "conv5", 0.5, "auto", *slow, progress=progress)[2]
+    assert h.explain(session, "gradcam", "", "conv5", 0.5, "auto", slow, progress=progress)["session"]
     h.time_limit_s = ui.SLOW_LIMIT_S
-    out = h.explain(session, "integrated_gradients", "", "conv5", 0.5, "auto", *_options(n_steps=8),
+    out = h.explain(session, "integrated_gradients", "", "conv5", 0.5, "auto", _options(n_steps=8),
                     progress=progress)
-    assert "integrated_gradients" in out[2].attributions
+    assert "integrated_gradients" in out["session"].attributions
 
 
 class _FakeEvent:
@@ -702,9 +703,9 @@ def test_cancelling_over_http_frees_the_model(pool: ModelPool, monkeypatch: pyte
             deadline = time.monotonic() + 60
             free = False
             while not free and time.monotonic() < deadline:
-                free = MODEL_LOCK.acquire(timeout=0.1)
+                free = pool.default.lock.acquire(timeout=0.1)
             assert free, "the attribution kept the model after its visitor cancelled"
-            MODEL_LOCK.release()
+            pool.default.lock.release()
             stopped_at = len(calls)
             assert stopped_at <= cancelled_at + 2 < 13  # stopped at the next batch, not after all 13 passes
             time.sleep(1.0)
@@ -714,6 +715,14 @@ def test_cancelling_over_http_frees_the_model(pool: ModelPool, monkeypatch: pyte
     assert _no_hooks_left(module)
 
 
+def _until(condition: Any, *, what: str, timeout: float = 60.0) -> None:
+    """Wait until ``condition()`` holds (checked every 10 ms), or fail saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_a_full_queue_turns_visitors_away_and_then_serves_again(pool: ModelPool) -> None:
     """More visitors than the queue holds: the extra ones are told at once (Gradio answers 503 "queue full",
@@ -721,18 +730,23 @@ def test_a_full_queue_turns_visitors_away_and_then_serves_again(pool: ModelPool)
     from gradio_client.utils import QueueError
 
     module = pool.default.module
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
 
     def wait_for_gate(_module: torch.nn.Module, _args: tuple[Any, ...]) -> None:
+        running.set()
         assert gate.wait(120), "the test never opened the gate"
 
     handle = module.register_forward_pre_hook(wait_for_gate)
     try:
-        with _app_in_process(pool, queue_size=3, concurrency=1) as (_, client):
-            jobs = []
-            for _ in range(7):  # one runs (held at the gate), three wait, three are turned away
+        with _app_in_process(pool, queue_size=3, concurrency=1) as (demo, client):
+            # The order is decided by what the server reports, never by sleeps: one runs (held at the gate),
+            # three wait in the queue, three are turned away.
+            jobs = [client.submit(handle_file(str(ASSETS / "cat.jpg")), api_name="/predict")]
+            assert running.wait(60), "the first request never reached the model"
+            for waiting in range(1, 4):
                 jobs.append(client.submit(handle_file(str(ASSETS / "cat.jpg")), api_name="/predict"))
-                time.sleep(0.3)
+                _until(lambda n=waiting: len(demo._queue) == n, what=f"{waiting} request(s) waiting in the queue")
+            jobs += [client.submit(handle_file(str(ASSETS / "cat.jpg")), api_name="/predict") for _ in range(3)]
             outcomes: list[str] = []
             turned_away = []
             for job in jobs[4:]:
@@ -818,7 +832,8 @@ def test_delete_cache_removes_uploads_and_the_pictures_sent(pool: ModelPool) -> 
         source = cache.parent / "delete-cache-test.png"
         photo.save(source)
         before = {p for p in cache.rglob("*") if p.is_file()}
-        client.predict(handle_file(str(source)), "torchvision", "cpu", "conv2", False, "viridis", api_name="/analyze")
+        client.predict(handle_file(str(source)), "torchvision", "cpu", "conv2", False, "viridis", 0.7, "saliency",
+                       0.6, "auto", api_name="/analyze")
         client.predict(handle_file(str(source)), "gradcam", "", api_name="/explain")
         made = {p for p in cache.rglob("*") if p.is_file()} - before
         assert any(p.suffix == ".png" and "alexnet-viz" in p.parts for p in made)  # the pictures sent
@@ -860,9 +875,8 @@ def test_a_crashing_or_hanging_decoder_costs_one_request(tmp_path: Path, pool: M
         assert_friendly(str(caught.value))
         assert np.array_equal(np.asarray(decoder(str(good))), expected)
         # a visitor whose image was queued behind the crash is still served (tried again in the new worker)
-        with ThreadPoolExecutor(4) as threads:
+        with ThreadPoolExecutor(4) as threads:  # whatever order they reach the workers in
             bad_one = threads.submit(decoder, str(crash))
-            time.sleep(0.05)
             good_ones = [threads.submit(decoder, str(good)) for _ in range(3)]
             for good_one in good_ones:
                 assert np.array_equal(np.asarray(good_one.result(timeout=60)), expected)

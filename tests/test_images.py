@@ -912,3 +912,35 @@ def test_fuzz_only_image_error_or_an_rgb_image(data: bytes) -> None:
     assert min(out.size) >= MIN_SIDE
     assert max(out.size) <= MAX_SIDE
     out.tobytes()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_paths_that_are_not_regular_files_are_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO with no writer would block a plain open() forever; a folder or a device is no image either."""
+    import threading
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            load_image(fifo)
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(10)
+    if not outcome:  # unblock the reader before failing
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("load_image blocked on a FIFO")
+    assert isinstance(outcome[0], ImageError)
+    assert str(outcome[0]) == "'pipe.png' is not a regular file; choose an image file."
+    with pytest.raises(ImageError, match="is a folder, not an image file"):
+        load_image(tmp_path)
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(ImageError, match="not a regular file"):
+            load_image("/dev/zero")

@@ -115,3 +115,125 @@ def test_bad_data_is_a_clear_message(tmp_path: Path, run) -> None:
         load_model("paper", run.out / "model.safetensors", "cpu")
     code = main(["train", "--data", str(empty), "--out", str(tmp_path / "o")])
     assert code == 2
+
+
+# --- the folder walk: no links followed, nothing blocking, one image in one class and one split ------------------
+
+
+def _digest(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def tangled(tmp_path: Path) -> Path:
+    """Two classes of 4 distinct images each, plus every way the same picture can appear twice."""
+    import os
+
+    root = tmp_path / "tangled"
+    rng = np.random.default_rng(5)
+    for kind in ("disc", "stripes"):
+        (root / kind / "sub").mkdir(parents=True)
+        for i in range(4):
+            _image(kind, rng).save(root / kind / ("sub" if i == 3 else "") / f"{i}.png")
+    os.symlink(root, root / "disc" / "up")  # a link to the parent: a loop, and every class inside "disc"
+    os.symlink(root / "stripes", root / "disc" / "sub" / "other")  # a link to another class's folder
+    os.symlink(root / "disc", root / "linked_class")  # a class folder that is a link
+    os.symlink(root / "stripes" / "0.png", root / "disc" / "borrowed.png")  # a file of another class
+    shutil.copy(root / "disc" / "1.png", root / "disc" / "sub" / "copy.png")  # the same bytes, same class
+    os.link(root / "disc" / "2.png", root / "disc" / "hard.png")  # the same file, same class
+    shutil.copy(root / "stripes" / "1.png", root / "disc" / "stolen.png")  # the same bytes in two classes
+    os.mkfifo(root / "stripes" / "pipe.png")  # opening it would block forever
+    return root
+
+
+def test_the_walk_follows_no_links_and_keeps_each_image_once(tangled: Path) -> None:
+    import time
+
+    from alexnet_viz.train import _folder
+
+    t0 = time.monotonic()
+    folder = _folder(tangled)
+    assert time.monotonic() - t0 < 10  # the loop is not walked, the FIFO not opened
+    assert folder.classes == ["disc", "stripes"]  # not "linked_class"
+    paths = [Path(p).relative_to(tangled).as_posix() for p, _ in folder.samples]
+    assert not any(part in ("up", "other") for p in paths for part in p.split("/")), paths
+    digests = [_digest(p) for p, _ in folder.samples]
+    assert len(set(digests)) == len(digests)  # one picture, one sample: it cannot be in two splits
+    # disc/1 and its copy, disc/2 and its hard link: kept once. stripes/0 (linked into disc as "borrowed") and
+    # stripes/1 (copied into disc as "stolen"): in two classes, so in neither.
+    by_class = {name: sorted(Path(p).relative_to(tangled / name).as_posix() for p, t in folder.samples if t == i)
+                for i, name in enumerate(folder.classes)}
+    assert by_class == {"disc": ["0.png", "1.png", "2.png", "sub/3.png"], "stripes": ["2.png", "sub/3.png"]}
+    assert (folder.duplicates, folder.conflicting) == (2, 2)
+
+
+def test_a_file_linked_into_another_class_is_in_neither(tmp_path: Path) -> None:
+    import os
+
+    from alexnet_viz.train import _folder
+
+    rng = np.random.default_rng(6)
+    for kind in ("disc", "stripes"):
+        (tmp_path / kind).mkdir()
+        for i in range(2):
+            _image(kind, rng).save(tmp_path / kind / f"{i}.png")
+    os.symlink(tmp_path / "stripes" / "0.png", tmp_path / "disc" / "borrowed.png")
+    folder = _folder(tmp_path)
+    assert sorted(Path(p).relative_to(tmp_path).as_posix() for p, _ in folder.samples) == [
+        "disc/0.png", "disc/1.png", "stripes/1.png"]
+    assert (folder.duplicates, folder.conflicting) == (0, 1)
+
+
+def test_training_on_a_folder_with_a_parent_link_is_quick_and_honest(tangled: Path, tmp_path: Path) -> None:
+    config = TrainConfig(arch="cifar", data=str(tangled), out=str(tmp_path / "o"), epochs=1, batch_size=8,
+                         val_fraction=0.2, test_fraction=0.2)
+    result = train(config, progress=False, log=lambda _: None)
+    card = result.card
+    assert (card["train_size"], card["val_size"], card["test_size"]) == (4, 1, 1)  # the 6 distinct images only
+
+
+# --- settings that cannot train: one sentence, before any data is read -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        ({"input_size": 1}, r"cifar cannot take|input|at least"),
+        ({"input_size": 0}, "positive"),
+        ({"lr": 0.0}, "learning rate"),
+        ({"lr": float("nan")}, "learning rate"),
+        ({"val_fraction": 0.0}, "validation fraction"),
+        ({"val_fraction": 1.5}, "validation fraction"),
+        ({"num_classes": 1}, "at least 2 classes"),
+        ({"epochs": 0}, "at least 1"),
+    ],
+)
+def test_bad_settings_are_refused_before_the_data(tmp_path: Path, change: dict[str, object], pattern: str) -> None:
+    config = TrainConfig(arch="cifar", data=str(tmp_path / "never-read"), out=str(tmp_path / "o"))
+    with pytest.raises(DataError, match=pattern):
+        train(TrainConfig(**{**config.__dict__, **change}), progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_out_and_bad_checkpoint_are_one_error_line(folder: Path, tmp_path: Path, capsys) -> None:
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    assert main(["train", "--data", str(folder), "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "is a file" in err
+    assert main(["train", "--data", str(folder), "--out", "/proc/alexnet-viz"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Cannot write" in err
+    out = tmp_path / "run"
+    out.mkdir()
+    for damaged in (b"not a checkpoint at all", None):
+        if damaged is None:
+            torch.save({"arch": "cifar", "model": {}}, out / "checkpoint.pt")  # loads, but lacks the rest
+        else:
+            (out / "checkpoint.pt").write_bytes(damaged)
+        code = main(["train", "--data", str(folder), "--out", str(out), "--resume", "--epochs", "1"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err and "--resume" in err

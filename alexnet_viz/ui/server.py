@@ -8,15 +8,15 @@ cache is swept.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import gradio as gr
 
 from ..images import IsolatedDecoder
-
-if TYPE_CHECKING:
-    pass
+from ..serving_limits import upload_limit_kwargs
 
 __all__ = [
     "ASSETS",
@@ -40,7 +40,7 @@ MAX_FILE_SIZE = "20mb"  # the intake refuses more than 25 MB anyway; Gradio answ
 QUEUE_SIZE = 32  # waiting requests at most; the 33rd visitor is told the app is busy
 CONCURRENCY = 2  # events running at once: a free Space has 2 cores
 SLOW_CONCURRENCY = 1  # slow attributions (integrated gradients, occlusion, ...) at once, in their own group
-DECODER = IsolatedDecoder(timeout_s=30.0)  # one worker process for the server's uploads
+DECODER = IsolatedDecoder()  # worker processes for the server's uploads: a crash or a stall costs one request
 SESSION_TTL_S = 2 * 3600  # forget a visitor's results after two hours
 CACHE_SWEEP_S, CACHE_MAX_AGE_S = 1800, 3600  # every 30 min, delete uploads and pictures sent over an hour ago
 # Computing time one request may spend in the slow attribution methods before it is stopped (between two
@@ -86,11 +86,33 @@ def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return_freed_memory()
+    if block and threading.current_thread() is threading.main_thread():
+        # `kill -TERM` (how Spaces, systemd and docker stop a server) ends the process at once by default,
+        # leaving its decoder workers behind; handled as Ctrl-C is, Gradio closes the server and we go on below.
+        # Python drops an exception raised where it cannot propagate (an import lock's callback, a __del__):
+        # should this one land there, the timer ends the process anyway (its workers follow it by themselves).
+        def interrupt(signum: int, _frame: object) -> None:
+            backstop = threading.Timer(3.0, os._exit, args=(128 + signum,))
+            backstop.daemon = True
+            backstop.start()
+            raise KeyboardInterrupt
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, interrupt)
     DECODER.start()
-    pool = ModelPool(arch, weights, device, num_classes=num_classes, labels=labels)
-    if pool.default.weights.warning:
-        log.warning(pool.default.weights.warning)
-    return launch(build_demo(pool, presenter=presenter), host=host, port=port, share=share, block=block)
+    try:
+        pool = ModelPool(arch, weights, device, num_classes=num_classes, labels=labels)
+        if pool.default.weights.warning:
+            log.warning(pool.default.weights.warning)
+        demo = build_demo(pool, presenter=presenter)
+        try:
+            return launch(demo, host=host, port=port, share=share, block=block)
+        except KeyboardInterrupt:  # before launch() got to wait for one: its server may be up already
+            demo.close()
+            raise
+    finally:
+        if block:  # served until interrupted (or failed to start): stop the workers before the interpreter ends
+            DECODER.close()
 
 
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
@@ -115,6 +137,7 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share:
         allowed_paths=[str(ASSETS)],
         footer_links=["gradio"],
         run_history=False,  # no runs page, no "connect a bucket" endpoint on a public app
+        app_kwargs=upload_limit_kwargs(),  # one file per upload request (Gradio takes up to 1000)
         prevent_thread_lock=not block,
         quiet=not block,
     )
