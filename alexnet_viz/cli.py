@@ -131,7 +131,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _cmd_trust(args: argparse.Namespace) -> int:
     from .trust import run_cli
 
-    return run_cli(args, _load(args))
+    return run_cli(args, lambda: _load(args))
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:

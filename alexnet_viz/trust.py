@@ -554,7 +554,8 @@ class SanityResult:
     def fails(self) -> bool | None:
         """True when, with the classifier random, the map's rank correlation with the original is still
         nearer to 1 than to the unrelated floor: the map does not depend on what the network learnt."""
-        rho = self.stage(self.classifier_stage).similarity["spearman"]
+        reached = [s for s in self.stages if s.name == self.classifier_stage]
+        rho = reached[0].similarity["spearman"] if reached else None
         floor = self.floor.get("spearman")
         if rho is None or floor is None or math.isnan(rho) or math.isnan(floor):
             return None
@@ -703,8 +704,9 @@ def _bundled_photo(other_than: Analysis) -> Path | None:
     return None
 
 
-def run_cli(args: Any, loaded: LoadedModel) -> int:
-    """`alexnet-viz trust`: deletion/insertion AUCs per method and baseline, and the sanity check per stage."""
+def run_cli(args: Any, load: Callable[[], LoadedModel]) -> int:
+    """`alexnet-viz trust`: deletion/insertion AUCs per method and baseline, and the sanity check per stage.
+    ``load()`` gives the model, called once the arguments are known to be good."""
     import json
 
     from .analysis import analyze
@@ -715,6 +717,7 @@ def run_cli(args: Any, loaded: LoadedModel) -> int:
     if unknown:
         print(f"error: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} or all", file=sys.stderr)
         return 2
+    loaded = load()
     analysis = analyze(loaded, Path(args.image))
     unrelated_path = Path(args.unrelated) if args.unrelated else _bundled_photo(analysis)
     unrelated = analyze(loaded, unrelated_path) if unrelated_path is not None else None
@@ -747,9 +750,9 @@ def run_cli(args: Any, loaded: LoadedModel) -> int:
     print(report.table())
     for c in checks:
         verdict = {True: "FAILS (its map survives a random classifier)", False: "passes", None: "undecided"}[c.fails]
-        rho = c.stage(c.classifier_stage).similarity["spearman"]
-        floor = c.floor.get("spearman")
-        print(f"sanity {METHODS[c.method].title}: {verdict}; rank correlation with fc layers random "
+        last = [s for s in c.stages if s.name == c.classifier_stage] or [c.stages[-1]]
+        rho, floor = last[0].similarity["spearman"], c.floor.get("spearman")
+        print(f"sanity {METHODS[c.method].title}: {verdict}; rank correlation randomised to {last[0].name} "
               f"{'-' if rho is None else f'{rho:.2f}'}, unrelated image {'-' if floor is None else f'{floor:.2f}'}"
               + (f"; {c.zero_maps} all-zero maps" if c.zero_maps else ""))
     return 0
