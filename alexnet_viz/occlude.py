@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
@@ -116,7 +117,13 @@ class OcclusionResult:
     probabilities: torch.Tensor  # (classes,)
     top_k: tuple[Prediction, ...]
     logit_change: torch.Tensor  # (classes,) occluded - original logits
-    view: Image.Image  # the occluded picture, for the page
+    mean: tuple[float, ...]  # the normalisation, to turn ``input`` back into a picture
+    std: tuple[float, ...]
+
+    @cached_property
+    def view(self) -> Image.Image:
+        """The occluded picture the network saw (made on first use: a click's answer needs only the top-k)."""
+        return input_view(self.input, self.mean, self.std)
 
     def label(self) -> dict[str, float]:
         """``{class name: probability}`` for the top-k, the shape ``/predict`` answers with."""
@@ -136,5 +143,4 @@ def occlude(loaded: LoadedModel, analysis: Analysis, patches: Patches, *, top_k:
     values, indices = probs.topk(max(1, min(top_k, loaded.num_classes)))
     preds = tuple(Prediction(int(i), loaded.categories[int(i)], float(v)) for v, i in zip(values, indices,
                                                                                            strict=True))
-    view = analysis.view if not patches.items else input_view(x, loaded.mean, loaded.std)
-    return OcclusionResult(patches, x, logits, probs, preds, logits - analysis.logits, view)
+    return OcclusionResult(patches, x, logits, probs, preds, logits - analysis.logits, loaded.mean, loaded.std)
