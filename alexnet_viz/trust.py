@@ -74,6 +74,7 @@ __all__ = [
     "sanity_strip",
     "spearman",
     "ssim",
+    "summarize_sanity",
 ]
 
 Array = np.ndarray
@@ -649,6 +650,24 @@ def sanity_check(
     return SanityResult(method, index, tuple(results), MappingProxyType(floor), top, time.perf_counter() - t0)
 
 
+def summarize_sanity(results: Sequence[SanityResult]) -> dict[str, dict[str, Any]]:
+    """Several images' checks of one method, stage by stage: each similarity's mean over the maps that are
+    not all zero, how many were all zero (counted, never averaged in as 0 or NaN) and how many in all."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in results:
+        for s in (*r.stages, SanityStage("unrelated", r.stages[0].heatmap, r.floor, False)):
+            row = out.setdefault(s.name, {"maps": 0, "zero_maps": 0, **{m: [] for m in SIMILARITIES}})
+            row["maps"] += 1
+            row["zero_maps"] += s.zero or any(v is None for v in s.similarity.values())
+            for m, v in s.similarity.items():
+                if v is not None and math.isfinite(v):
+                    row[m].append(v)
+    for row in out.values():
+        for m in SIMILARITIES:
+            row[m] = float(np.mean(row[m])) if row[m] else None
+    return out
+
+
 # ---- pictures ----
 
 def sanity_strip(result: SanityResult, *, side: int = 112) -> Image.Image:
@@ -708,8 +727,10 @@ def sanity_plot(results: Sequence[SanityResult]) -> Image.Image:
                            label="unrelated image" if i == 0 else None)
             ax.set_xticks(range(len(names)), names, rotation=45, fontsize=8)
         ax.set_title(spec.title)
-        ax.set_xlabel("randomised from fc8 down to")
-        ax.set_ylim(-0.2, 1.05)
+        ax.set_xlabel("randomised from the top layer down to")
+        shown = [v for r in results for v in (*(s.similarity[metric] for s in r.stages), r.floor.get(metric))
+                 if v is not None and math.isfinite(v)]
+        ax.set_ylim(min([-0.2, *shown]) - 0.05, 1.05)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _figure_to_image(fig)

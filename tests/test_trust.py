@@ -321,6 +321,22 @@ def test_all_zero_maps_are_counted_not_averaged(loaded, cat, monkeypatch):
     assert result.to_dict()["stages"][1]["spearman"] is None
 
 
+def test_summary_over_images_counts_zero_maps_instead_of_averaging_them():
+    heat = torch.ones(2, 2)
+
+    def result(fc8: float | None, floor: float) -> trust.SanityResult:
+        stages = (trust.SanityStage("original", heat, {"spearman": 1.0, "ssim": 1.0}, False),
+                  trust.SanityStage("fc8", heat * 0 if fc8 is None else heat, {"spearman": fc8, "ssim": fc8},
+                                    fc8 is None))
+        return trust.SanityResult("gradcam", 0, stages, {"spearman": floor, "ssim": floor}, "fc8", 0.0)
+
+    summary = trust.summarize_sanity([result(0.2, 0.1), result(None, 0.3), result(0.6, 0.5)])
+    assert summary["fc8"]["spearman"] == pytest.approx(0.4) and summary["fc8"]["zero_maps"] == 1
+    assert summary["fc8"]["maps"] == 3 and summary["original"]["ssim"] == 1.0
+    assert summary["unrelated"]["spearman"] == pytest.approx(0.3) and summary["unrelated"]["zero_maps"] == 0
+    assert trust.summarize_sanity([result(None, 0.1)])["fc8"]["spearman"] is None
+
+
 # ---- occlusion by hand ----
 
 def test_patches_are_an_immutable_list():
