@@ -199,6 +199,20 @@ def test_report_lists_every_baseline_and_ranks_by_the_right_direction(small):
     assert "Random (mean of 3)" in report.table()
 
 
+def test_trained_weights_add_the_softmax_score(tmp_path):
+    from alexnet_viz.architectures import build_model
+
+    torch.save(build_model("cifar", num_classes=10, seed=1).state_dict(), tmp_path / "model.pt")
+    loaded = load_model("cifar", tmp_path / "model.pt", "cpu")  # a weights file counts as trained
+    analysis = analyze(loaded, ASSETS / "cat.jpg")
+    report = trust.faithfulness(loaded, analysis, ["saliency"], baselines=["centre"])
+    assert report.trained and report.scores == ["logit", "probability"]
+    probability = report.results["saliency"].curves["deletion"]["probability"]
+    assert probability[0] == pytest.approx(float(analysis.probabilities[analysis.top1.index]), abs=1e-5)
+    assert "probability" in report.to_dict()["maps"]["saliency"]["auc"]["insertion"]
+    assert "softmax" in report.table("probability")
+
+
 def test_random_baseline_is_the_mean_of_three_orders(small):
     loaded, cat = small
     report = trust.faithfulness(loaded, cat, [], baselines=["random"])
