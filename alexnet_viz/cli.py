@@ -209,6 +209,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_trust(args: argparse.Namespace) -> int:
+    from .trust import run_cli
+
+    return run_cli(args, lambda: _load(args))
+
+
 def _cmd_summary(args: argparse.Namespace) -> int:
     from .summary import format_table, summarize
 
@@ -312,6 +318,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="methods side by side in compare.png (repeatable)")
     p.add_argument("--json", action="store_true", help="print result.json to stdout")
     p.set_defaults(func=_cmd_analyze, parser=p)
+
+    p = sub.add_parser("trust", help="can the maps be trusted? deletion/insertion AUCs beside baselines, and "
+                                     "the cascading-randomisation sanity check")
+    p.add_argument("image", help="image file")
+    _add_model_args(p)
+    p.add_argument("--method", action="append", metavar="M",
+                   help="attribution method (repeatable) or 'all'; default: saliency, input_x_gradient, "
+                        "guided_backprop, gradcam")
+    p.add_argument("--target", default=None, help="class index or name to explain (default: the top-1)")
+    p.add_argument("--unrelated", default=None,
+                   help="a second image for the sanity check's floor (default: a bundled photo)")
+    p.add_argument("--stages", type=int, default=None,
+                   help="randomise only the top N layers (default: all, fc8 down to conv1)")
+    p.add_argument("--no-sanity", action="store_true", help="only the deletion/insertion curves")
+    p.add_argument("--out", default=None, help="folder for curves.png, sanity.png, the strips and trust.json")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_trust)
 
     p = sub.add_parser("summary", help="per-layer table: shapes, parameters, MACs and their shares")
     p.add_argument("--arch", default="torchvision", choices=list(ARCHITECTURES))
