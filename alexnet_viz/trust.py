@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .attribution import METHODS, MODEL_LOCK, OptionError, attribute
+from .attribution import METHODS, OptionError, attribute
 
 if TYPE_CHECKING:
     from .analysis import Analysis
@@ -82,8 +82,8 @@ Progress = Callable[[float, str], None]
 
 
 def model_lock(loaded: LoadedModel) -> Any:
-    """The lock that guards ``loaded``'s module: its own ``lock`` once models carry one, else MODEL_LOCK."""
-    return getattr(loaded, "lock", MODEL_LOCK)
+    """The lock that guards ``loaded``'s module (held by whatever runs or hooks it)."""
+    return loaded.lock
 
 
 # ---- images the curves start from or end at ----
@@ -638,7 +638,10 @@ def sanity_check(
     original = heat(loaded.module, x, "the trained network")
     results = [SanityStage("original", original, _similarities(original, original), not bool(original.any()))]
     for name, network in cascade(loaded.module, seed=seed, stages=stages):
-        h = heat(network, x, f"randomised down to {name}")
+        # ``network`` reuses the shared model's unrandomised layers, and Captum hooks them: hold the shared
+        # model's lock too (attribute() takes ``network``'s own, another lock), so no visitor runs it meanwhile.
+        with loaded.lock:
+            h = heat(network, x, f"randomised down to {name}")
         results.append(SanityStage(name, h, _similarities(h, original), not bool(h.any())))
         del network
     floor: dict[str, float | None] = dict.fromkeys(SIMILARITIES)
