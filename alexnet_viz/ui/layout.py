@@ -23,7 +23,7 @@ from .files import as_png_files
 from .server import CACHE_MAX_AGE_S, CACHE_SWEEP_S, SESSION_TTL_S, SLOW_CONCURRENCY
 from .state import ModelPool
 
-__all__ = ["CSS", "HEAD", "build_demo"]
+__all__ = ["CSS", "HEAD", "TABS", "Page", "build_demo", "picture"]
 
 SLOW_GROUP = "slow-attributions"  # concurrency_id of the events that can take seconds to minutes
 
@@ -70,7 +70,45 @@ PRESENTER_JS = "(on) => { document.body.classList.toggle('presenter', !!on); }"
 HEAD = ""
 
 
-def _picture(label: str, value: Any = None, **kwargs: Any) -> gr.Image:
+class Page:
+    """The page's components by name, and events wired to handlers that return ``{name: value}``.
+
+    A tab module (``TABS`` below) gets the page, the handlers and the model pool, adds its components to
+    ``page.c`` inside its own ``gr.Tab`` and connects them with ``page.on``; it reads the visitor's session
+    as ``"session"`` and the image as ``"image"``, like every other tab.
+    """
+
+    def __init__(self) -> None:
+        self.c: dict[str, Any] = {}
+
+    def event(self, fn: Callable[..., Any], outputs: Sequence[str]) -> Callable[..., Any]:
+        """``fn`` returns {name: value}; Gradio gets {component: value}, pictures as PNG files. An empty dict
+        (nothing to update) becomes a skip for every output: Gradio reads ``{}`` as one missing value."""
+        c = self.c
+
+        @wraps(fn)
+        def keyed(*args: Any, **kwargs: Any) -> Any:
+            out = fn(*args, **kwargs)
+            if not isinstance(out, dict):
+                return out
+            if not out:
+                return gr.skip() if len(outputs) == 1 else tuple(gr.skip() for _ in outputs)
+            return {c[name]: value for name, value in out.items()}
+
+        return as_png_files(keyed)
+
+    def on(self, triggers: Any, fn: Callable[..., Any], inputs: Sequence[str], outputs: Sequence[str],
+           **kwargs: Any) -> Any:
+        return gr.on(triggers, self.event(fn, outputs), [self.c[n] for n in inputs], [self.c[n] for n in outputs],
+                     **kwargs)
+
+
+# Tabs added by modules of their own, after Architecture: each a function (page, handlers, pool) -> None that
+# opens its gr.Tab and wires its events.
+TABS: tuple[Callable[[Page, H.Handlers, ModelPool], None], ...] = ()
+
+
+def picture(label: str, value: Any = None, **kwargs: Any) -> gr.Image:
     """An output picture: PNG (lossless maps), download and fullscreen buttons, no share-to-hub button."""
     return gr.Image(value, label=label, format="png", interactive=False, buttons=["download", "fullscreen"],
                     elem_classes=["picture"], **kwargs)
@@ -84,26 +122,9 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
     loaded = pool.default
     arch0, device0 = pool.default_key
     examples = H.examples()
-    c: dict[str, Any] = {}  # every component by the name the handlers use
-
-    def _event(fn: Callable[..., Any], outputs: Sequence[str]) -> Callable[..., Any]:
-        """``fn`` returns {name: value}; Gradio gets {component: value}, pictures as PNG files. An empty dict
-        (nothing to update) becomes a skip for every output: Gradio reads ``{}`` as one missing value."""
-
-        @wraps(fn)
-        def keyed(*args: Any, **kwargs: Any) -> Any:
-            out = fn(*args, **kwargs)
-            if not isinstance(out, dict):
-                return out
-            if not out:
-                return gr.skip() if len(outputs) == 1 else tuple(gr.skip() for _ in outputs)
-            return {c[name]: value for name, value in out.items()}
-
-        return as_png_files(keyed)
-
-    def on(triggers: Any, fn: Callable[..., Any], inputs: Sequence[str], outputs: Sequence[str],
-           **kwargs: Any) -> Any:
-        return gr.on(triggers, _event(fn, outputs), [c[n] for n in inputs], [c[n] for n in outputs], **kwargs)
+    page = Page()
+    c, on = page.c, page.on  # every component by the name the handlers use; events from {name: value} handlers
+    _event = page.event
 
     with gr.Blocks(title="alexnet-viz", delete_cache=(CACHE_SWEEP_S, CACHE_MAX_AGE_S), analytics_enabled=False) as demo:
         c["session"] = gr.State(None, time_to_live=SESSION_TTL_S)
@@ -136,14 +157,14 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                 c["filters_caption"] = gr.Markdown(H.filters_caption(loaded), elem_classes="caption",
                                                    elem_id="filters-caption")
                 with gr.Row(equal_height=False):
-                    c["filters"] = _picture("conv1 filters (click one)", export.filters_picture(loaded),
+                    c["filters"] = picture("conv1 filters (click one)", export.filters_picture(loaded),
                                             elem_id="filters-grid", scale=1)
                     with gr.Column(scale=1):
-                        c["filter_map"] = _picture("This filter's feature map on the image", elem_id="filter-map")
+                        c["filter_map"] = picture("This filter's feature map on the image", elem_id="filter-map")
                         c["filter_info"] = gr.Markdown(elem_id="filter-info")
                 with gr.Accordion("Compare with an untrained copy (seed 0)", open=False) as untrained_box:
                     c["untrained_note"] = gr.Markdown(H.untrained_note(loaded), elem_classes="caption")
-                    c["untrained"] = _picture("untrained conv1 filters", elem_id="untrained-filters")
+                    c["untrained"] = picture("untrained conv1 filters", elem_id="untrained-filters")
             with gr.Tab("Feature maps", id="features"):
                 c["layer_caption"] = gr.Markdown(H.CAPTIONS["features"], elem_classes="caption")
                 with gr.Row():
@@ -152,14 +173,14 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                     c["cmap"] = gr.Dropdown(H.COLORMAPS, value="viridis", label="Colour map", elem_id="cmap")
                 c["layer_info"] = gr.Markdown(elem_id="layer-info")
                 with gr.Row(equal_height=False):
-                    c["grid"] = _picture("All channels (click one)", scale=3, elem_id="layer-grid")
+                    c["grid"] = picture("All channels (click one)", scale=3, elem_id="layer-grid")
                     with gr.Column(scale=2):
                         c["channel"] = gr.Slider(0, 63, value=0, step=1, label="Channel", elem_id="channel")
                         c["opacity"] = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="Opacity", elem_id="opacity")
-                        c["channel_view"] = _picture("Channel over the image", elem_id="channel-view")
+                        c["channel_view"] = picture("Channel over the image", elem_id="channel-view")
                         c["channel_info"] = gr.Markdown(elem_id="channel-info")
                 gr.Markdown(H.CAPTIONS["strongest"], elem_classes="caption")
-                c["strongest"] = _picture("Strongest channels per conv layer", elem_id="strongest")
+                c["strongest"] = picture("Strongest channels per conv layer", elem_id="strongest")
             with gr.Tab("Saliency", id="saliency"):
                 gr.Markdown(H.CAPTIONS["saliency"], elem_classes="caption")
                 with gr.Row(equal_height=False):
@@ -183,7 +204,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                                                          elem_id="attr-cmap")
                         c["run"] = gr.Button("Explain", variant="primary", elem_id="explain")
                     with gr.Column(scale=3):
-                        c["attr_image"] = _picture("Attribution", elem_id="attribution")
+                        c["attr_image"] = picture("Attribution", elem_id="attribution")
                         c["attr_info"] = gr.Markdown(elem_id="attribution-info")
                 gr.Markdown(H.CAPTIONS["compare"], elem_classes="caption")
                 with gr.Row():
@@ -192,7 +213,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                         value=["saliency", "guided_backprop", "gradcam", "integrated_gradients"], label="Methods",
                         elem_id="compare-methods")
                     c["compare_run"] = gr.Button("Compare", elem_id="compare", scale=0)
-                c["compare_image"] = _picture("Side by side", elem_id="compare-image", show_label=False)
+                c["compare_image"] = picture("Side by side", elem_id="compare-image", show_label=False)
             with gr.Tab("Architecture", id="architecture"):
                 gr.Markdown(H.CAPTIONS["architecture"], elem_classes="caption")
                 arch0_view = h.architecture(arch0)
@@ -202,8 +223,10 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                         arch0_view["arch_table"], headers=["layer", "type", "config", "output", "params", "% params",
                                                            "MACs", "% MACs"],
                         interactive=False, wrap=True, scale=3, max_height=4000, elem_id="arch-table")
-                    c["arch_chart"] = _picture("Share of parameters vs compute", arch0_view["arch_chart"], scale=2,
+                    c["arch_chart"] = picture("Share of parameters vs compute", arch0_view["arch_chart"], scale=2,
                                                show_label=False, elem_id="arch-chart")
+            for add_tab in TABS:
+                add_tab(page, h, pool)
             with gr.Tab("Download", id="download"):
                 gr.Markdown("Everything on screen now as one zip: every picture and a `result.json` with the "
                             "predictions and every setting needed to draw them again.")
