@@ -87,7 +87,7 @@ def test_server_paths_are_refused(server: Server) -> None:
     import httpx
 
     api = server.url + "gradio_api/"
-    for target in ("/etc/passwd", str(Path(__file__).resolve()), str(ASSETS.parent / "alexnet_viz" / "ui.py")):
+    for target in ("/etc/passwd", str(Path(__file__).resolve()), str(ASSETS.parent / "alexnet_viz" / "ui" / "layout.py")):
         response = httpx.get(f"{api}file={target}", timeout=10)
         assert response.status_code in (403, 404), target
         # A client naming a server path in the payload (no upload) is refused by our own check.

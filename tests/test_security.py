@@ -26,7 +26,7 @@ from .conftest import ASSETS, ROOT, Server
 # What each target file holds that no refusal would: found in a body, the file leaked.
 TARGETS = {
     "/etc/passwd": "root:",
-    str(ROOT / "alexnet_viz" / "ui.py"): "def build_demo(",
+    str(ROOT / "alexnet_viz" / "ui" / "layout.py"): "def build_demo(",
     str(ROOT / "app.py"): "raise SystemExit(main(",
     str(ROOT / "pyproject.toml"): 'name = "alexnet-viz"',
 }
@@ -60,7 +60,7 @@ def _payload_paths(server: Server) -> list[str]:
         f"{up}/../../../../../../../../etc/passwd",
         f"{up}/{'..%2F' * 8}etc/passwd",
         "../../../../../../../../etc/passwd",
-        "app.py", "pyproject.toml", "assets/../app.py", f"{ASSETS}/../app.py", f"{ASSETS}/../alexnet_viz/ui.py",
+        "app.py", "pyproject.toml", "assets/../app.py", f"{ASSETS}/../app.py", f"{ASSETS}/../alexnet_viz/ui/layout.py",
         "file:///etc/passwd", str(up), str(ASSETS), f"{server.url}gradio_api/file=/etc/passwd",
     ]
 
