@@ -181,19 +181,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    import importlib.util
+    """``alexnet-viz bench``: the harness lives in a repository checkout (``benchmarks/``, beside its recorded
+    results), the one this package runs from or the current folder; an installed package alone has none."""
+    import importlib
 
-    # The harness lives in the repository (benchmarks/bench.py), next to its recorded results.
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
-    spec = importlib.util.spec_from_file_location("alexnet_viz_bench", script)
-    if spec is None or spec.loader is None or not script.is_file():
-        print(f"error: the benchmark harness is not at {script}; run it from a clone of the repository.",
-              file=sys.stderr)
+    roots = (Path(__file__).resolve().parents[1], Path.cwd())
+    root = next((r for r in roots if (r / "benchmarks" / "main.py").is_file() and (r / "app.py").is_file()), None)
+    if root is None:
+        print("error: alexnet-viz bench needs the repository checkout (its benchmarks/ folder): run it inside a "
+              "clone of the repository.", file=sys.stderr)
         return 2
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return int(module.main(argv))
+    sys.path.insert(0, str(root))
+    return int(importlib.import_module("benchmarks.main").main(argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
