@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     # `alexnet-viz bench ...` hands every argument to benchmarks/bench.py (see main()); listed here for --help.
-    sub.add_parser("bench", help="run benchmarks/bench.py with the same flags", add_help=False)
+    sub.add_parser("bench", help="run the benchmark (needs the repository checkout; same flags as "
+                                 "benchmarks/bench.py)", add_help=False)
 
     p = sub.add_parser("weights", help="fetch the ImageNet weights ahead of time, or say what is cached")
     p.add_argument("action", choices=["fetch", "status"])

@@ -26,7 +26,7 @@ HTTP_STEPS: dict[str, tuple[str, Callable[[Any, Path], Any]]] = {
     "predict": ("/predict (top-5)", page.api_predict),
     "saliency": ("/explain saliency", lambda client, image: page.api_explain(client, image, "saliency")),
     "gradcam": ("/explain Grad-CAM", lambda client, image: page.api_explain(client, image, "gradcam")),
-    "integrated_gradients": ("/explain integrated gradients (ours: UI defaults; plain: Captum's)",
+    "integrated_gradients": ("/explain integrated gradients (at each app's defaults)",
                              lambda client, image: page.api_explain(client, image, "integrated_gradients")),
 }
 
