@@ -161,3 +161,15 @@ def test_quick_mode_writes_every_row(tmp_path: Path) -> None:
     parts = {part["part"]: part["ms"] for part in data["full_view_breakdown"]}
     assert any("forward" in p for p in parts) and any("saliency" in p for p in parts)
     assert all(ms is not None for ms in parts.values()), parts
+
+
+def test_bench_from_an_installed_package_says_it_needs_the_checkout(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The package where pip puts it (no benchmarks/ or app.py beside it), run outside a checkout."""
+    from alexnet_viz import cli
+
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "alexnet_viz" / "cli.py"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "--quick"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == ("error: alexnet-viz bench needs the repository checkout (its benchmarks/ "
+                                         "folder): run it inside a clone of the repository.")
