@@ -17,14 +17,13 @@ import random
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from alexnet_viz.launcher import launched_app
 from benchmarks import page
-from benchmarks.visitors import _same_top5, make_images, memory, percentiles
+from benchmarks.visitors import _same_top5, memory, percentiles, prepare
 
 TARGETS = {  # name -> (limit, what)
     "refused": (0, "visitors refused or failed"),
@@ -169,13 +168,7 @@ def run_burst(args: argparse.Namespace) -> int:
     deadline = started + args.max_seconds
     with tempfile.TemporaryDirectory(prefix="alexnet-viz-burst-") as tmp_name:
         tmp = Path(tmp_name)
-        os.environ["GRADIO_TEMP_DIR"] = str(tmp / "client")
-        os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            images = make_images(args.burst, tmp)
-            print(f"computing the top-5 of {len(images)} images locally ...", flush=True)
-            top5 = expected_top5(images)
+        images, top5 = prepare(args.burst, tmp, expected_top5)
         with launched_app(tmp, port=args.port or None, timeout=180) as app:
             print(f"server up at {app.url} (pid {app.proc.pid}); {args.burst} visitors upload within "
                   f"{args.window:g} s", flush=True)

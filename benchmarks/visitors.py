@@ -43,9 +43,10 @@ import threading
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alexnet_viz.launcher import free_port, launched_app, proc_status
 
@@ -54,6 +55,7 @@ ASSETS = ROOT / "assets"
 FAST_METHODS = ["saliency", "gradcam", "guided_backprop", "input_x_gradient", "deeplift"]
 CHECKED_METHODS = ["saliency", "gradcam"]  # deterministic and cheap: their overlays are compared locally
 LAYERS = ["conv2", "conv5", "relu3", "pool1"]
+T = TypeVar("T")
 
 
 # --- the server -------------------------------------------------------------------------------------------------
@@ -100,6 +102,18 @@ def make_images(n: int, folder: Path) -> list[Path]:
         Image.fromarray(array).save(path)
         images.append(path)
     return images
+
+
+def prepare(n: int, tmp: Path, expect: Callable[[list[Path]], T]) -> tuple[list[Path], T]:
+    """n pictures in ``tmp`` and what each must give (``expect``), computed here; the client's downloads go to
+    ``tmp/client``, not the server's folder."""
+    os.environ["GRADIO_TEMP_DIR"] = str(tmp / "client")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        images = make_images(n, tmp)
+        print(f"computing the expected results of {len(images)} images locally ...", flush=True)
+        return images, expect(images)
 
 
 def expectations(images: list[Path]) -> list[Expected]:
@@ -359,13 +373,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="alexnet-viz-load-") as tmp_name:
         tmp = Path(tmp_name)
-        os.environ["GRADIO_TEMP_DIR"] = str(tmp / "client")  # the client's own downloads, not the server's
-        os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            images = make_images(args.clients, tmp)
-            print(f"computing the expected results of {len(images)} images locally ...", flush=True)
-            expected = expectations(images)
+        _, expected = prepare(args.clients, tmp, expectations)
         port = args.port or free_port()
         with launched_app(tmp, port=port, timeout=180) as app:
             url, proc = app.url, app.proc
