@@ -5,14 +5,17 @@ The one place that tests, benchmarks and scripts launch a server from::
     with launched_app(tmp, ["--weights", "none", "--device", "cpu"]) as app:
         app.url, app.proc, app.startup_s, app.log   # http://127.0.0.1:PORT/, the Popen, seconds to /config 200
 
-The child gets its own ``GRADIO_TEMP_DIR`` (``tmp/uploads``) and ``TORCH_HOME`` (``tmp/torch``), no analytics,
-no Hugging Face Hub, and writes its output to ``tmp/app.log`` (the log's tail goes to stderr if the start fails).
+The child gets its own ``GRADIO_TEMP_DIR`` (``tmp/uploads``) and ``TORCH_HOME`` (``tmp/torch``), no
+analytics, no Hugging Face Hub, and writes its output to ``tmp/app.log`` (its tail goes to stderr if the start
+fails). ``CHROMIUM`` and ``CHROMIUM_ARGS`` are the headless browser that the tests and the screenshots drive
+(Debian's chromium through Playwright, offline).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository checkout, when the 
 APP = ROOT / "app.py"
 HOST = "127.0.0.1"
 UNTRAINED_CPU = ("--weights", "none", "--device", "cpu")  # seeded, untrained: needs no download
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run")
 
 
 def free_port(host: str = HOST) -> int:

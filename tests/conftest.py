@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 # The app is launched, waited for and stopped by the package's launcher, as the benchmarks and scripts do.
-from alexnet_viz.launcher import free_port as free_port  # re-exported for the tests
+from alexnet_viz.launcher import CHROMIUM as CHROMIUM  # re-exported for the tests
+from alexnet_viz.launcher import free_port as free_port
 from alexnet_viz.launcher import launched_app
 
 # Never reach the network from a test; keep Gradio's uploads in a folder of the test run's own.
@@ -21,7 +22,6 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="session", autouse=True)
