@@ -164,7 +164,7 @@ def verdicts(room: dict[str, Any], busy: dict[str, Any]) -> dict[str, dict[str, 
 
 
 def run_burst(args: argparse.Namespace) -> int:
-    started = time.monotonic()
+    started, load_start = time.monotonic(), [round(v, 2) for v in os.getloadavg()]
     deadline = started + args.max_seconds
     with tempfile.TemporaryDirectory(prefix="alexnet-viz-burst-") as tmp_name:
         tmp = Path(tmp_name)
@@ -182,7 +182,8 @@ def run_burst(args: argparse.Namespace) -> int:
             report: dict[str, Any] = {
                 "command": f"python benchmarks/load.py --burst {args.burst} --window {args.window:g} "
                            f"--heavy {args.heavy}",
-                "cpus": os.cpu_count(), "load_average_end": [round(v, 2) for v in os.getloadavg()],
+                "cpus": os.cpu_count(), "load_average_start": load_start,
+                "load_average_end": [round(v, 2) for v in os.getloadavg()],
                 "room": room, "busy": busy,
                 "memory_MB": {"after_room": after_room, "after_busy": memory(app.proc.pid)},
                 "server_alive_at_end": app.proc.poll() is None,
