@@ -161,6 +161,16 @@ def breakdown(parts: Mapping[str, list[float]], decode_ms: float | None,
 
 # --- the app's HTTP API, as a script (gradio_client) calls it ---------------------------------------------------
 
+ANALYZE_ARGS = (ARCH, "cpu", "conv1", False, CMAP)  # /analyze after the image: model, device, layer, sort, colours
+SHOW_LAYER_ARGS = (False, CMAP)  # /show_layer after the layer: sort, colours
+
+
+def channel_shown(show_layer_outputs: Sequence[Any]) -> int | None:
+    """The channel ``/show_layer`` put on the page: its channel slider's new value (no text is read)."""
+    slider = show_layer_outputs[3]
+    value = slider.get("value") if isinstance(slider, dict) else slider
+    return None if value is None else int(value)
+
 
 def api_predict(client: Any, image: Path) -> Any:
     """``/predict``: image -> the top-5."""
@@ -180,7 +190,7 @@ def api_analyze(client: Any, image: Path) -> Any:
     """``/analyze``: what an upload on the page runs (every panel, the default layer and colour map)."""
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(image)), ARCH, "cpu", "conv1", False, CMAP, api_name="/analyze")
+    return client.predict(handle_file(str(image)), *ANALYZE_ARGS, api_name="/analyze")
 
 
 def api_upload(client: Any, image: Path, *, timeout: float) -> tuple[float, float, Any]:
@@ -190,7 +200,7 @@ def api_upload(client: Any, image: Path, *, timeout: float) -> tuple[float, floa
     from gradio_client import handle_file
 
     t0 = time.perf_counter()
-    job = client.submit(handle_file(str(image)), ARCH, "cpu", "conv1", False, CMAP, api_name="/analyze")
+    job = client.submit(handle_file(str(image)), *ANALYZE_ARGS, api_name="/analyze")
     first = None
     while not job.done() and time.perf_counter() - t0 < timeout:
         if first is None and job.outputs():

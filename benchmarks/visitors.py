@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alexnet_viz.launcher import free_port, launched_app, proc_status
+from benchmarks import page
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
@@ -212,16 +213,17 @@ class Visitor:
         if kind == "show_layer" and not self.analysed:
             kind = "analyze"
         if kind == "analyze":
-            out = self.call(tally, "analyze", self.file, "torchvision", "cpu", "conv1", False, "viridis")
+            out = self.call(tally, "analyze", self.file, *page.ANALYZE_ARGS)
             if out is not None:
                 self.analysed = True
                 if not _same_top5(out[0], self.mine.top5):
                     self.leak(tally, "analyze", "top-5 of another image")
         elif kind == "show_layer":
             layer = next(self.layers)
-            out = self.call(tally, "show_layer", layer, False, "viridis")
-            if out is not None and f"showing channel {self.mine.strongest[layer]}" not in out[1]:
-                self.leak(tally, "show_layer", f"{layer}: {out[1][-40:]!r}, expected {self.mine.strongest[layer]}")
+            out = self.call(tally, "show_layer", layer, *page.SHOW_LAYER_ARGS)
+            if out is not None and page.channel_shown(out) != self.mine.strongest[layer]:
+                self.leak(tally, "show_layer", f"{layer}: channel {page.channel_shown(out)}, expected "
+                                               f"{self.mine.strongest[layer]}")
         elif kind == "predict":
             out = self.call(tally, "predict", self.file)
             if out is not None and not _same_top5(out, self.mine.top5):

@@ -173,3 +173,10 @@ def test_bench_from_an_installed_package_says_it_needs_the_checkout(tmp_path: Pa
     out, err = capsys.readouterr()
     assert out == "" and err.strip() == ("error: alexnet-viz bench needs the repository checkout (its benchmarks/ "
                                          "folder): run it inside a clone of the repository.")
+
+
+def test_channel_shown_reads_the_slider_not_the_text() -> None:
+    update = {"maximum": 191, "interactive": True, "value": 130, "__type__": "update"}  # as gradio_client returns it
+    assert page.channel_shown(("grid.png", "**conv2** · showing channel 7", "view.png", update)) == 130
+    assert page.channel_shown(("grid.png", "", None, 5)) == 5
+    assert page.channel_shown(("grid.png", "", None, {"value": None})) is None
