@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.set_defaults(func=_cmd_train)
 
-    # `alexnet-viz bench ...` hands every argument to benchmarks/bench.py (see main()); listed here for --help.
+    # `alexnet-viz bench ...` hands every argument to the checkout's benchmarks.main (see _bench); listed for --help.
     sub.add_parser("bench", help="run the benchmark (needs the repository checkout; same flags as "
                                  "benchmarks/bench.py)", add_help=False)
 
