@@ -277,19 +277,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    import importlib.util
+    """``alexnet-viz bench``: the harness lives in a repository checkout (``benchmarks/``, beside its recorded
+    results), the one this package runs from or the current folder; an installed package alone has none."""
+    import importlib
 
-    # The harness lives in the repository (benchmarks/bench.py), next to its recorded results.
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
-    spec = importlib.util.spec_from_file_location("alexnet_viz_bench", script)
-    if spec is None or spec.loader is None or not script.is_file():
-        print(f"error: the benchmark harness is not at {script}; run it from a clone of the repository.",
-              file=sys.stderr)
+    roots = (Path(__file__).resolve().parents[1], Path.cwd())
+    root = next((r for r in roots if (r / "benchmarks" / "main.py").is_file() and (r / "app.py").is_file()), None)
+    if root is None:
+        print("error: alexnet-viz bench needs the repository checkout (its benchmarks/ folder): run it inside a "
+              "clone of the repository.", file=sys.stderr)
         return 2
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return int(module.main(argv))
+    sys.path.insert(0, str(root))
+    return int(importlib.import_module("benchmarks.main").main(argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,8 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.set_defaults(func=_cmd_train)
 
-    # `alexnet-viz bench ...` hands every argument to benchmarks/bench.py (see main()); listed here for --help.
-    sub.add_parser("bench", help="run benchmarks/bench.py with the same flags", add_help=False)
+    # `alexnet-viz bench ...` hands every argument to the checkout's benchmarks.main (see _bench); listed for --help.
+    sub.add_parser("bench", help="run the benchmark (needs the repository checkout; same flags as "
+                                 "benchmarks/bench.py)", add_help=False)
 
     p = sub.add_parser("weights", help="fetch the ImageNet weights ahead of time, or say what is cached")
     p.add_argument("action", choices=["fetch", "status"])

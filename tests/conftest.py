@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The app is launched, waited for and stopped by the package's launcher, as the benchmarks and scripts do.
+from alexnet_viz.launcher import CHROMIUM as CHROMIUM  # re-exported for the tests
+from alexnet_viz.launcher import free_port as free_port
+from alexnet_viz.launcher import launched_app
 
 # Never reach the network from a test; keep Gradio's uploads in a folder of the test run's own.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -18,7 +22,6 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,12 +29,6 @@ def gradio_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("gradio")
     os.environ["GRADIO_TEMP_DIR"] = str(path)
     return path
-
-
-# The app is launched, waited for and stopped the way the benchmarks do it (benchmarks/bench.py).
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench import free_port as free_port  # noqa: E402  (re-exported for the tests)
-from bench import launched_app  # noqa: E402
 
 
 def upload(source: Path | str, image: object = None, *, folder: str = "test") -> str:
@@ -72,5 +69,5 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`python app.py --weights none --port P`, exactly as a user starts it (no cached ImageNet weights in its
     own TORCH_HOME: the untrained banner shows; its uploads in its own folder, its output in `log`)."""
     tmp = tmp_path_factory.mktemp("server")
-    with launched_app(tmp) as (url, proc, startup):
-        yield Server(url, tmp / "app.log", startup, proc)
+    with launched_app(tmp) as app:
+        yield Server(app.url, app.log, app.startup_s, app.proc)
