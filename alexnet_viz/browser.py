@@ -9,25 +9,24 @@ badge or toast, a request that leaves the machine.
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+from .launcher import CHROMIUM, CHROMIUM_ARGS
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright
 
 __all__ = ["CHROMIUM_ARGS", "Driver", "Watch", "chromium", "open_page"]
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SLOW_MS = 180_000  # the slowest thing a walk waits for (Compare with every method on 2 busy cores)
 
 
 def chromium() -> str | None:
     """Debian's Chromium, if installed."""
-    return shutil.which("chromium") or next((p for p in ("/usr/bin/chromium",) if Path(p).exists()), None)
+    return CHROMIUM if Path(CHROMIUM).exists() else None
 
 
 @dataclass
@@ -45,7 +44,7 @@ def open_page(p: Playwright, url: str, *, width: int = 1920, height: int = 1080)
     path = chromium()
     if path is None:
         raise RuntimeError("Debian's chromium is not installed (apt-get install chromium)")
-    browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+    browser = p.chromium.launch(executable_path=path, args=list(CHROMIUM_ARGS))
     page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
     watch = Watch()
     page.on("request", lambda r: watch.requests.append(r.url))

@@ -23,7 +23,7 @@ from typing import Any
 
 from alexnet_viz.launcher import launched_app
 from benchmarks import page
-from benchmarks.visitors import _same_top5, memory, percentiles, prepare
+from benchmarks.visitors import memory, percentiles, prepare
 
 TARGETS = {  # name -> (limit, what)
     "refused": (0, "visitors refused or failed"),
@@ -34,12 +34,13 @@ TARGETS = {  # name -> (limit, what)
 HEAVY_METHODS = ("occlusion", "integrated_gradients")  # the API runs them at their defaults (see the report)
 
 
-def expected_top5(images: list[Path]) -> list[list[tuple[str, float]]]:
+def expected_top5(images: list[Path]) -> list[str]:
+    """Each image's top-5 as the page draws it (page.top5_view), computed here."""
     from alexnet_viz.analysis import analyze
     from alexnet_viz.model import load_model
 
     loaded = load_model("torchvision", "none", "cpu")  # what `--weights none` gives the server
-    return [[(p.label, p.probability) for p in analyze(loaded, path).top_k] for path in images]
+    return [page.top5_view(analyze(loaded, path)) for path in images]
 
 
 def _threads(work: Callable[[int], None], n: int, deadline: float) -> None:
@@ -50,7 +51,7 @@ def _threads(work: Callable[[int], None], n: int, deadline: float) -> None:
         t.join(max(1.0, deadline - time.monotonic()))
 
 
-def arrivals(url: str, images: list[Path], top5: list[list[tuple[str, float]]], *, window: float, timeout: float,
+def arrivals(url: str, images: list[Path], top5: list[str], *, window: float, timeout: float,
              deadline: float, folder: Path) -> dict[str, Any]:
     """Each visitor opens the page (a Client), waits for its moment in the window, uploads, watches the panels."""
     from gradio_client import Client
@@ -80,7 +81,7 @@ def arrivals(url: str, images: list[Path], top5: list[list[tuple[str, float]]], 
         with lock:
             first.append(t_first)
             panels.append(t_done)
-            if not _same_top5(out[0], top5[i]):
+            if not page.shows_top5(out, top5[i]):
                 wrong.append(i)
 
     t0 = time.perf_counter()

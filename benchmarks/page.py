@@ -45,11 +45,13 @@ def setup_page(image: Path) -> Page:
     return Page(loaded=pool.default, handlers=Handlers(pool), upload={"path": str(upload)}, image_path=upload)
 
 
-def _pictures(outputs: Sequence[Any]) -> list[Any]:
-    """The PIL images among a handler's outputs (what the page shows as pictures)."""
+def _pictures(outputs: Mapping[str, Any]) -> list[Any]:
+    """The PIL images among a handler's outputs ({component name: value}; a ``gr.update`` carries its picture as
+    ``value``): what the page shows as pictures."""
     from PIL import Image
 
-    return [o for o in outputs if isinstance(o, Image.Image)]
+    values = [o.get("value") if isinstance(o, dict) else o for o in outputs.values()]
+    return [v for v in values if isinstance(v, Image.Image)]
 
 
 @dataclass
@@ -68,9 +70,9 @@ def full_view(page: Page, parts: dict[str, list[float]] | None = None) -> View:
     from alexnet_viz import render
 
     t0 = time.perf_counter()
-    out = page.handlers.analyze(page.upload, ARCH, "cpu", "conv1", False, CMAP, None)
+    out = page.handlers.analyze(page.upload, ARCH, "cpu", "conv1", False, CMAP, *VIEW_DEFAULTS, None)
     t1 = time.perf_counter()
-    session = out[0]
+    session = out["session"]
     analysis = session.analysis
     shown = _pictures(out)
     pictures = list(shown)
@@ -89,17 +91,17 @@ def full_view(page: Page, parts: dict[str, list[float]] | None = None) -> View:
 
 def layer_change(page: Page, session: Any, layer: str) -> list[Any]:
     """A new layer in the dropdown (Handlers.show_layer); its pictures."""
-    return _pictures(page.handlers.show_layer(session, layer, False, CMAP))
+    return _pictures(page.handlers.show_layer(session, layer, False, CMAP, OPACITY))
 
 
 def channel_change(page: Page, session: Any, layer: str, channel: int, alpha: float) -> list[Any]:
-    """A new channel or opacity on the slider (Handlers.show_channel); its picture."""
-    return _pictures(page.handlers.show_channel(session, layer, channel, alpha, CMAP))
+    """A new channel or opacity on the slider (Handlers.show_channel) of ``layer``; its pictures."""
+    return _pictures(page.handlers.show_channel(session.with_scene(layers=(layer,)), channel, alpha))
 
 
 def attribution_restyle(page: Page, session: Any, method: str, alpha: float) -> Any:
-    """A new opacity on the attribution (Handlers.restyle) of a method already computed."""
-    return page.handlers.restyle(session, method, alpha, "auto")
+    """A new opacity on the attribution (Handlers.restyle) of a method already computed and on screen."""
+    return page.handlers.restyle(session.with_scene(methods=(method,)), alpha, "auto")["attr_image"]
 
 
 def encode_png(pictures: Sequence[Any], compress_level: int | None = None, *, gradio: bool = False) -> int:
@@ -114,10 +116,10 @@ def encode_png(pictures: Sequence[Any], compress_level: int | None = None, *, gr
     if compress_level is None:
         import gradio as gr
 
-        from alexnet_viz.ui import _cache_png
+        from alexnet_viz.ui import cache_png
 
         folder = Path(gr.utils.get_upload_folder())
-        return sum(Path(_cache_png(picture, folder, "bench")).stat().st_size for picture in pictures)
+        return sum(Path(cache_png(picture, folder, "bench")).stat().st_size for picture in pictures)
     total = 0
     for picture in pictures:
         buffer = io.BytesIO()
@@ -161,8 +163,11 @@ def breakdown(parts: Mapping[str, list[float]], decode_ms: float | None,
 
 # --- the app's HTTP API, as a script (gradio_client) calls it ---------------------------------------------------
 
-ANALYZE_ARGS = (ARCH, "cpu", "conv1", False, CMAP)  # /analyze after the image: model, device, layer, sort, colours
-SHOW_LAYER_ARGS = (False, CMAP)  # /show_layer after the layer: sort, colours
+OPACITY = 0.7  # the channel and filter maps' opacity slider
+VIEW_DEFAULTS = (OPACITY, "saliency", 0.6, "auto")  # opacity, method, attribution opacity, its colour map
+# /analyze after the image: model, device, layer, sort, colours, then the view's defaults
+ANALYZE_ARGS = (ARCH, "cpu", "conv1", False, CMAP, *VIEW_DEFAULTS)
+SHOW_LAYER_ARGS = (False, CMAP, OPACITY)  # /show_layer after the layer: sort, colours, opacity
 
 
 def channel_shown(show_layer_outputs: Sequence[Any]) -> int | None:
@@ -209,3 +214,16 @@ def api_upload(client: Any, image: Path, *, timeout: float) -> tuple[float, floa
     result = job.result(timeout=max(0.1, timeout - (time.perf_counter() - t0)))
     done = time.perf_counter() - t0
     return (first if first is not None else done), done, result
+
+
+def top5_view(analysis: Any) -> str:
+    """The top-5 exactly as the page draws it for ``analysis`` (compared whole with /analyze's first output:
+    nothing is parsed)."""
+    from alexnet_viz.ui.handlers import top5_html
+
+    return top5_html(analysis)
+
+
+def shows_top5(analyze_outputs: Sequence[Any], expected_view: str) -> bool:
+    """Whether /analyze's outputs show the top-5 drawn by :func:`top5_view` (its first output is the top-5)."""
+    return bool(analyze_outputs[0] == expected_view)

@@ -87,7 +87,8 @@ def test_server_paths_are_refused(server: Server) -> None:
     import httpx
 
     api = server.url + "gradio_api/"
-    for target in ("/etc/passwd", str(Path(__file__).resolve()), str(ASSETS.parent / "alexnet_viz" / "ui" / "layout.py")):
+    page_module = ASSETS.parent / "alexnet_viz" / "ui" / "layout.py"
+    for target in ("/etc/passwd", str(Path(__file__).resolve()), str(page_module)):
         response = httpx.get(f"{api}file={target}", timeout=10)
         assert response.status_code in (403, 404), target
         # A client naming a server path in the payload (no upload) is refused by our own check.
@@ -167,7 +168,7 @@ def test_page_shows_a_bad_upload_as_one_sentence_and_goes_on(server: Server, tmp
     bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 999))
                      + chunk(b"IEND", b""))
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
         page = browser.new_page(viewport={"width": 1280, "height": 720})
         page.goto(server.url)
         expect(page.locator("#banner")).to_contain_text("untrained weights", timeout=60_000)
