@@ -65,10 +65,12 @@ def test_analyze_writes_every_png_and_result_json(tmp_path: Path, capsys) -> Non
     result = json.loads((folder / "result.json").read_text())
     assert result == data
     assert len(result["top_k"]) == 5 and {"index", "label", "probability"} == set(result["top_k"][0])
-    assert result["weights"]["trained"] is False and "meaningless" in result["weights"]["warning"]
+    weights = result["model"]["weights"]
+    assert weights["trained"] is False and "meaningless" in weights["warning"]
     assert result["settings"]["methods"] == list(METHODS)
-    expected = ["input.png", "top_k.png", "filters_conv1.png"]
-    expected += [f"features_conv{i}.png" for i in range(1, 6)]
+    expected = ["input.png", "top_k.png", "filters_conv1.png", "filter_map.png", "strongest_channels.png"]
+    expected += [f"features_{layer}.png" for layer in result["layers"]]  # every layer, conv and fc
+    expected += [f"channel_conv{i}.png" for i in range(1, 6)]
     expected += [f"attribution_{m}.png" for m in METHODS]
     for name in expected:
         path = folder / name

@@ -333,9 +333,8 @@ def test_cli_visualize_writes_the_picture_and_its_json(tmp_path, capsys, monkeyp
 def test_the_shared_models_lock_is_taken_per_step_and_released():
     import threading
 
-    from alexnet_viz.attribution import MODEL_LOCK
-
     loaded = load_model("cifar", "none", "cpu", num_classes=4)
+    MODEL_LOCK = loaded.lock
     held: list[bool] = []
     frames = fv.visualize_iter(loaded, "conv2", 0, settings=fv.Settings(steps=4), every=1,
                                progress=lambda f, m: held.append(MODEL_LOCK.locked()))

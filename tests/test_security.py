@@ -279,9 +279,9 @@ def test_no_event_takes_a_weights_path_or_a_file_name(monkeypatch: pytest.Monkey
     # a switch of architecture or device loads only seeded weights (or the start's); never a name from a visitor
     loads: list[tuple[object, ...]] = []
     default = pool.default
-    monkeypatch.setattr(ui, "load_model", lambda *a, **k: loads.append(a) or default)
+    monkeypatch.setattr(ui.state, "load_model", lambda *a, **k: loads.append(a) or default)
     ui.Handlers(pool).switch_model("paper", "cpu", None)
-    assert loads == [("paper", "none", "cpu")]
+    assert loads == [("paper", "imagenet", "cpu")]  # ImageNet's where they exist (not for paper): never a file
 
 
 # --- code ---------------------------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ def _alive(pids: set[int]) -> set[int]:
                          ids=["SIGTERM", "SIGINT", "SIGKILL"])
 def test_a_signal_stops_the_app_and_every_process_it_started(tmp_path: Path, signum: int) -> None:
     """SIGKILL gives the app no chance to clean up: its workers notice they are orphaned and end themselves."""
-    with launched_app(tmp_path) as (_url, proc, _startup):
+    with launched_app(tmp_path) as app:
+        proc = app.proc
         children = _descendants(proc.pid)
         assert len(children) >= 2, children  # the decoder's workers (and the resource tracker)
         os.kill(proc.pid, signum)

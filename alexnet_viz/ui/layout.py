@@ -103,6 +103,16 @@ class Page:
                      **kwargs)
 
 
+def _keyed_to(component: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``'s one result as ``{component: result}`` (what :func:`as_png_files` turns into a PNG file)."""
+
+    @wraps(fn)
+    def keyed(*args: Any, **kwargs: Any) -> Any:
+        return {component: fn(*args, **kwargs)}
+
+    return keyed
+
+
 # Tabs added by modules of their own, after Architecture: each a function (page, handlers, pool) -> None that
 # opens its gr.Tab and wires its events.
 TABS: tuple[Callable[[Page, H.Handlers, ModelPool], None], ...] = ()
@@ -245,9 +255,9 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
 
         # ---- events ---- (the API endpoints first, so that they get their names before any handler does)
         api_predict.click(h.predict_api, [api_image], [api_label], api_name="predict", preprocess=False)
-        gr.on([api_explain.click], as_png_files(lambda *a: {api_overlay: h.explain_api(*a)}),
-              [api_image, api_method, api_target], [api_overlay], api_name="explain", preprocess=False,
-              concurrency_id=SLOW_GROUP, concurrency_limit=SLOW_CONCURRENCY)
+        api_explain.click(as_png_files(_keyed_to(api_overlay, h.explain_api)), [api_image, api_method, api_target],
+                          [api_overlay], api_name="explain", preprocess=False, concurrency_id=SLOW_GROUP,
+                          concurrency_limit=SLOW_CONCURRENCY)
 
         view_inputs = ["layer", "sort", "cmap", "opacity", "method", "attr_alpha", "attr_cmap", "session"]
         analysis_outputs = ["session", "top5", "banner", "status", "example_caption", "filters", "filter_map",
