@@ -48,7 +48,7 @@ PICTURE = 512  # side of each feature-visualisation picture on screen
 CROP = 192  # side of each dataset-example crop
 THUMB = 168  # side of each neighbour thumbnail
 VIEW_SCALE = 3  # the Inside tab's view: 224 px shown at 672
-CELL = 20  # px per input pixel in the patch and filter pictures (11 px -> 220)
+CELL = 24  # px per input pixel in the patch and filter pictures (11 px -> 264)
 _GALLERY: Path | None = None  # --gallery FILE, set once at start-up by use_gallery()
 
 
@@ -122,7 +122,7 @@ def _conv_pictures(w: Walkthrough, mean: Sequence[float], std: Sequence[float]) 
     prod = np.transpose(render.colorize(product, cmap="RdBu_r", vmin=-lim, vmax=lim), (2, 0, 1)) / 255.0
     k = c.patch.shape[-1]
     return render.hstack([
-        render.label(_magnified(patch), f"input patch {k}x{k}x3", size=24),
+        render.label(_magnified(patch), f"patch {k}x{k}x3", size=24),
         render.label(_magnified(0.5 + 0.5 * f), f"filter {c.channel}", size=24),
         render.label(_magnified(prod), "patch x filter", size=24),
     ], gap=24)
@@ -370,7 +370,11 @@ class UnitsHandlers:
         return self.neighbours(session)
 
     def open_units(self, session: Session | None, stamp: str | None) -> dict[str, Any]:
-        if session is None or stamp == _image_key(session):
+        """The tab opened: the neighbours of the visitor's image, unless on screen already; "" marks the tab as
+        opened before any image, so that the first image fills it."""
+        if session is None:
+            return {"units_stamp": ""} if stamp is None else {}
+        if stamp == _image_key(session):
             return {}
         return self.neighbours(session)
 
@@ -423,7 +427,9 @@ class UnitsHandlers:
         return self.inside(session, export.strongest_channel(session.analysis.activations["conv1"]), None)
 
     def open_inside(self, session: Session | None, stamp: str | None) -> dict[str, Any]:
-        if session is None or stamp == _image_key(session):
+        if session is None:
+            return {"inside_stamp": ""} if stamp is None else {}
+        if stamp == _image_key(session):
             return {}
         return self.inside(session, export.strongest_channel(session.analysis.activations["conv1"]), None)
 
@@ -549,10 +555,10 @@ def add_units_tab(page: Any, h: H.Handlers, pool: ModelPool, *, units: UnitsHand
         with gr.Row(equal_height=False):
             c["units_objective"] = gr.Dropdown([(o.title, o.name) for o in OBJECTIVES.values()], value="channel",
                                                label="Objective", elem_id="units-objective", scale=1)
-            c["units_layer"] = gr.Dropdown(layers, value=layers[-3] if len(layers) > 2 else layers[0],
+            c["units_layer"] = gr.Dropdown(layers, value=loaded.conv_layers[-1],
                                            label="Layer", elem_id="units-layer", scale=1)
-            c["units_unit"] = gr.Slider(0, _unit_count(loaded, layers[0]) - 1, value=0, step=1, label="Unit",
-                                        elem_id="units-unit", scale=2)
+            c["units_unit"] = gr.Slider(0, _unit_count(loaded, loaded.conv_layers[-1]) - 1, value=0, step=1,
+                                        label="Unit", elem_id="units-unit", scale=2)
             c["units_class"] = gr.Dropdown([(f"{n} ({i})", str(i)) for i, n in enumerate(loaded.categories)],
                                            value="0", label="Class (type to search)", filterable=True,
                                            visible=False, elem_id="units-class", scale=2)
