@@ -69,8 +69,8 @@ def test_visualise_streams_live_frames_then_the_untrained_copy_then_serves_the_c
 
 def test_visualise_needs_no_image_checks_every_value_and_stops_at_the_time_limit(
         units: UnitsHandlers, pool: ModelPool, tmp_path: Path) -> None:
-    out = list(units.visualise(None, "torchvision", "cpu", "class", "", 0, "281", 16))  # fc8 class 281, no image
-    assert "class **" in out[-1]["units_info"] and "(281)" in out[-1]["units_info"]
+    out = list(units.visualise(None, "torchvision", "cpu", "channel", "conv1", 2, None, 16))  # no image needed
+    assert "**conv1** channel **2**" in out[-1]["units_info"]
     for args, words in [(("channel", "conv2", 192, None, 16), "unit must be between 0 and 191"),
                         (("channel", "relu1", 0, None, 16), "Unknown layer"),
                         (("neuron", "fc6", 0, None, 16), "no centre"),
@@ -177,14 +177,14 @@ def test_units_and_inside_tabs_in_chromium(tmp_path: Path) -> None:
 
     def walk(d: Driver, watch: Watch) -> None:
         d.tab("Units")  # before any image: feature visualisation needs none
+        d.choose("units-layer", "conv2")
+        d.wait_text("units-examples-info", r"conv2\*?\*? channel")
+        d.check("a new layer")
         d.set_slider("units-steps", 16)
         d.idle()
         d.page.locator("#units-run").click()
         d.wait_text("units-info", r"drives it to", timeout=180_000)
         d.check("visualise before an image")
-        d.choose("units-layer", "conv2")
-        d.wait_text("units-examples-info", r"conv2\*?\*? channel")
-        d.check("a new layer")
         d.upload(ASSETS / "cat.jpg")
         d.wait_text("units-neighbours-info", r"Distances")
         d.check("upload on the Units tab")
