@@ -572,11 +572,11 @@ def add_units_tab(page: Any, h: H.Handlers, pool: ModelPool, *, units: UnitsHand
             c["units_untrained"] = _picture("Untrained copy (same recipe)", elem_id="units-untrained")
         gr.Markdown(EXAMPLES_CAPTION, elem_classes="caption")
         c["units_examples_info"] = gr.Markdown(elem_id="units-examples-info")
-        c["units_examples"] = _picture("Dataset examples", elem_id="units-examples")
+        c["units_examples"] = _picture("Dataset examples", elem_id="units-examples", height=740)
         gr.Markdown(NEIGHBOURS_CAPTION, elem_classes="caption")
         c["units_neighbours_info"] = gr.Markdown("Give an image to see its neighbours.",
                                                  elem_id="units-neighbours-info")
-        c["units_neighbours"] = _picture("Nearest neighbours", elem_id="units-neighbours")
+        c["units_neighbours"] = _picture("Nearest neighbours", elem_id="units-neighbours", height=540)
         c["units_stamp"] = gr.State(None)  # the image the neighbours were drawn for; None: tab never opened
 
     model_in = ["session", "arch", "device"]
