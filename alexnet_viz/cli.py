@@ -246,7 +246,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import gc
 
     from .ui import serve
+    from .ui.units_tab import use_gallery
 
+    use_gallery(args.gallery)  # read now: a bad file stops the start with its sentence (main() prints it)
     try:
         serve(arch=args.arch, weights=args.weights, device=args.device, num_classes=args.num_classes,
               labels=args.labels, host=args.host, port=args.port, share=args.share, presenter=args.presenter)
@@ -352,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presenter", action="store_true",
                    help="start in presenter mode: large text and a compact header for a projector (a toggle on the "
                         "page too)")
+    p.add_argument("--gallery", default=None, metavar="FILE",
+                   help="gallery index for the Units tab's dataset examples and neighbours (made by `alexnet-viz "
+                        "index FOLDER`; default: the bundled example photos)")
     p.set_defaults(func=_cmd_serve, parser=p)
 
     p = sub.add_parser("train", help="train a seed AlexNet on an image folder, cifar10 or fashion-mnist")

@@ -56,6 +56,7 @@ __all__ = [
     "image_features",
     "nearest",
     "neighbours",
+    "network_view",
     "receptive_field",
     "top_crops",
 ]
@@ -373,6 +374,11 @@ def assets_index(loaded: LoadedModel, *, folder: str | os.PathLike[str] = ASSETS
 # --- what the page shows ---------------------------------------------------------------------------------------
 
 
+def network_view(loaded: LoadedModel, path: Path) -> Image.Image:
+    """A gallery image as the network sees it (resized and centre-cropped, input_size square)."""
+    return _view(loaded, path)
+
+
 def _view(loaded: LoadedModel, path: Path) -> Image.Image:
     from .analysis import input_view
 
@@ -421,7 +427,9 @@ def nearest(bank: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, floa
 
 
 def neighbours(index: GalleryIndex, loaded: LoadedModel, image: Any, *, k: int = 6, lock: Any = "model") -> Neighbours:
-    """The ``k`` gallery images nearest ``image`` in fc7 space and in pixel space (2012 paper, Figure 4)."""
+    """The ``k`` gallery images nearest ``image`` in fc7 space and in pixel space (2012 paper, Figure 4).
+
+    ``image``: a file or picture (preprocessed here), or the normalised input (1, 3, S, S) itself."""
     from .featvis import weights_fingerprint
 
     if loaded.arch != index.arch or weights_fingerprint(loaded.module) != index.fingerprint:
@@ -429,8 +437,12 @@ def neighbours(index: GalleryIndex, loaded: LoadedModel, image: Any, *, k: int =
                            f"with `alexnet-viz index` for {loaded.arch} and these weights.")
     if not 1 <= k <= len(index.paths):
         k = max(1, min(k, len(index.paths)))
-    pil = image if isinstance(image, Image.Image) else load_image(image)
-    feats = image_features(loaded, loaded.preprocess(pil.convert("RGB")), lock=lock)
+    if isinstance(image, torch.Tensor):  # already the network's input (1, 3, S, S), e.g. Analysis.input
+        x = image.detach()
+    else:
+        pil = image if isinstance(image, Image.Image) else load_image(image)
+        x = loaded.preprocess(pil.convert("RGB"))
+    feats = image_features(loaded, x, lock=lock)
 
     def rank(bank: np.ndarray, query: torch.Tensor) -> tuple[Neighbour, ...]:
         return tuple(Neighbour(i, index.path(i), d) for i, d in nearest(bank, query[0].numpy(), k))

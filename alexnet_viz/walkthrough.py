@@ -226,9 +226,11 @@ def conv1_position(loaded: LoadedModel, row: float, col: float) -> tuple[int, in
     return unit(row), unit(col)
 
 
-def walkthrough(loaded: LoadedModel, image: ImageSource, *, channel: int = 0, y: int | None = None,
+def walkthrough(loaded: LoadedModel, image: ImageSource | torch.Tensor, *, channel: int = 0, y: int | None = None,
                 x: int | None = None, lock: Any = "model", seed: int = 0) -> Walkthrough:
-    """Follow conv1's unit (``y``, ``x``) of ``channel`` (default: the map's centre) through the first block."""
+    """Follow conv1's unit (``y``, ``x``) of ``channel`` (default: the map's centre) through the first block.
+
+    ``image``: a file, bytes or picture (preprocessed here), or the normalised input (1, 3, S, S) itself."""
     module = loaded.module
     names = [n for n, _ in _children(module)]
     conv1 = cast(nn.Conv2d, module.get_submodule("conv1"))
@@ -243,8 +245,11 @@ def walkthrough(loaded: LoadedModel, image: ImageSource, *, channel: int = 0, y:
     before_drop = names[names.index(drop_name) - 1] if drop_name else None
     wanted = [n for n in ("conv1", relu_name, lrn_name, pool_input, pool_name, before_drop) if n]
 
-    pil = image if isinstance(image, Image.Image) else load_image(image)
-    inputs = loaded.preprocess(pil.convert("RGB"))  # (1, 3, S, S)
+    if isinstance(image, torch.Tensor):  # already the network's input, e.g. Analysis.input: no second resize
+        inputs = image.detach().to(loaded.device)
+    else:
+        pil = image if isinstance(image, Image.Image) else load_image(image)
+        inputs = loaded.preprocess(pil.convert("RGB"))  # (1, 3, S, S)
     if lock == "model":
         lock = loaded.lock
     with lock if lock is not None else contextlib.nullcontext(), torch.inference_mode(), \

@@ -19,6 +19,7 @@ from ..architectures import ARCHITECTURES
 from ..attribution import METHODS
 from ..model import available_devices
 from . import handlers as H
+from . import units_tab
 from .files import as_png_files
 from .server import CACHE_MAX_AGE_S, CACHE_SWEEP_S, SESSION_TTL_S, SLOW_CONCURRENCY
 from .state import ModelPool
@@ -115,7 +116,7 @@ def _keyed_to(component: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # Tabs added by modules of their own, after Architecture: each a function (page, handlers, pool) -> None that
 # opens its gr.Tab and wires its events.
-TABS: tuple[Callable[[Page, H.Handlers, ModelPool], None], ...] = ()
+TABS: tuple[Callable[[Page, H.Handlers, ModelPool], None], ...] = (units_tab.add_units_tab, units_tab.add_inside_tab)
 
 
 def picture(label: str, value: Any = None, **kwargs: Any) -> gr.Image:
