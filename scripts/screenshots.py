@@ -1,5 +1,6 @@
-"""Take the README's screenshots: launch the app, upload a photo, capture each tab in Chromium at 1920x1080,
-and once more in presenter mode.
+"""Take the README's screenshots: launch the app, upload a photo, capture the tabs in Chromium at 1920x1080,
+and once more in presenter mode (docs/screenshot.png, feature-maps.png, saliency.png, units.png, inside.png,
+presenter.png).
 
     python scripts/screenshots.py [--weights none] [--out docs]
 
@@ -43,10 +44,26 @@ def take(d: Driver, watch: Watch, out: Path, photo: Path) -> list[Path]:
     written.append(path)
     d.tab("Saliency")
     d.choose("method", "Integrated gradients")
+    before = d.text("attribution-info")
     page.locator("#explain").click()
-    d.wait_text("attribution-info", "Integrated gradients", timeout=180_000)
+    d.wait_text("attribution-info", "Integrated gradients", changed_from=before, timeout=180_000)
     page.locator("#attribution").scroll_into_view_if_needed()
     path = out / "saliency.png"
+    page.screenshot(path=str(path))
+    written.append(path)
+    d.tab("Units")
+    d.choose("units-layer", "conv5")
+    page.locator("#units-run").click()
+    d.wait_text("units-info", r"the untrained copy's picture drives", timeout=240_000)
+    page.locator("#units-trained").scroll_into_view_if_needed()
+    path = out / "units.png"
+    page.screenshot(path=str(path))
+    written.append(path)
+    d.tab("Inside AlexNet")
+    d.click_picture("inside-view", 0.3, 0.3)
+    d.wait_text("inside-conv", r"by hand")
+    page.locator("#inside-view").scroll_into_view_if_needed()
+    path = out / "inside.png"
     page.screenshot(path=str(path))
     written.append(path)
     d.tab("Filters")
