@@ -170,7 +170,7 @@ def test_inside_shows_lrn_with_the_papers_constants_and_the_two_towers(h: Handle
 def test_units_and_inside_tabs_in_chromium(tmp_path: Path) -> None:
     from alexnet_viz.browser import Driver, Watch, chromium, with_page
 
-    from .conftest import launched_app
+    from alexnet_viz.launcher import launched_app
 
     if chromium() is None:
         pytest.skip("Debian's chromium is not installed")
@@ -207,5 +207,5 @@ def test_units_and_inside_tabs_in_chromium(tmp_path: Path) -> None:
         assert watch.console_errors == [], watch.console_errors
         assert watch.hosts() <= {"127.0.0.1"}, watch.hosts()
 
-    with launched_app(tmp_path, extra_env={"ALEXNET_VIZ_CACHE": str(tmp_path / "cache")}) as (url, _proc, _t):
-        with_page(url, walk)
+    with launched_app(tmp_path, env={"ALEXNET_VIZ_CACHE": str(tmp_path / "cache")}) as app:
+        with_page(app.url, walk)
