@@ -13,9 +13,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from alexnet_viz.launcher import launched_app
-
 from alexnet_viz.browser import Driver, Watch, with_page
+from alexnet_viz.launcher import launched_app
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"

@@ -169,7 +169,6 @@ def test_inside_shows_lrn_with_the_papers_constants_and_the_two_towers(h: Handle
 @pytest.mark.slow
 def test_units_and_inside_tabs_in_chromium(tmp_path: Path) -> None:
     from alexnet_viz.browser import Driver, Watch, chromium, with_page
-
     from alexnet_viz.launcher import launched_app
 
     if chromium() is None:
