@@ -440,7 +440,8 @@ def weights_fingerprint(module: nn.Module) -> str:
     for name, tensor in state.items():
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1): a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     digest = h.hexdigest()
     with _fingerprint_lock:
         _fingerprints[module] = (key, digest)

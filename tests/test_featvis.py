@@ -108,6 +108,15 @@ def test_weights_fingerprint_follows_in_place_changes():
     assert fv.weights_fingerprint(model) != before
 
 
+def test_weights_fingerprint_of_batchnorm_models_counts_their_statistics():
+    """The bn architecture holds a 0-dim integer tensor (num_batches_tracked): it is hashed too."""
+    model = load_model("bn", "none", "cpu").module
+    before = fv.weights_fingerprint(model)
+    with torch.no_grad():
+        model.bn1.num_batches_tracked += 1
+    assert fv.weights_fingerprint(model) != before
+
+
 # --- the acceptance criteria on conv5 of the seeded untrained torchvision AlexNet ----------------------
 
 

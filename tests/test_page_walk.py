@@ -162,3 +162,48 @@ def test_every_control_in_chromium(server: Server, tmp_path: Path, browser_ready
         assert watch.console_errors == []
 
     with_page(server.url, run)
+
+
+def test_settings_chosen_before_an_image_apply_to_it(server: Server, tmp_path: Path, browser_ready: None) -> None:
+    """Another order: pick an fc layer, a colour map, sorting, a method and an architecture first, then give
+    images (an upload, then an example): every panel comes from the newest image with those settings."""
+
+    def run(d: Driver, watch: Watch) -> None:
+        page = d.page
+        d.tab("Feature maps")
+        d.choose("layer", "fc6")
+        d.choose("cmap", "magma")
+        page.locator("#sort input").check()
+        d.tab("Saliency")
+        d.choose("method", METHODS["gradcam"].title)
+        d.tab("Architecture")
+        d.choose("arch", "bn")
+        d.wait_text("arch-text", re.escape(ARCHITECTURES["bn"].title))
+        d.idle()
+        d.check("settings before an image")
+        d.tab("Feature maps")
+        status = d.upload(ASSETS / "rocket.jpg")
+        d.check("upload with settings chosen first")
+        info = d.wait_text("layer-info", r"^fc6\b.*vector")
+        assert not page.locator("#channel").is_visible()
+        d.tab("Saliency")
+        d.wait_text("attribution-info", r"Grad-CAM")  # a quick method: computed with the image
+        first = d.picture("attribution")
+        d.tab("Filters")
+        d.example(5)  # the cameraman, grey
+        d.check("example after an upload")
+        assert d.text("status") != status and "Cameraman" in d.text("example-caption")
+        d.tab("Feature maps")
+        assert d.wait_text("layer-info", r"^fc6\b") != info  # the new image's vector
+        d.tab("Saliency")
+        assert d.wait_picture_change("attribution", first)
+        d.tab("Download")
+        with zipfile.ZipFile(d.download(tmp_path / "r.zip")) as z:
+            meta = json.loads(z.read("result.json"))
+        assert meta["model"]["arch"] == "bn" and meta["settings"]["layers"] == ["fc6"]
+        assert meta["settings"]["cmap"] == "magma" and meta["settings"]["sort"] is True
+        assert meta["settings"]["methods"] == ["gradcam"] and "channel_fc6.png" not in z.namelist()
+        assert watch.hosts() == {"127.0.0.1"}, watch.hosts()
+        assert watch.console_errors == []
+
+    with_page(server.url, run)

@@ -252,8 +252,10 @@ def test_errors_are_sentences_and_bugs_are_not_blamed_on_the_visitor(h: Handlers
     for bad in ({"path": "/etc/passwd"}, {"path": str(Path(__file__))}):
         with pytest.raises(gr.Error, match="not an upload this app can read"):
             upload_path(bad)
+    # controls moved before any image redraw nothing and say nothing (the next image uses them); a button does
+    assert h.show_layer(None, "conv1", False, "viridis", 0.7) == {} and h.show_channel(None, 3, 0.5) == {}
     with pytest.raises(gr.Error, match="Give an image first"):
-        h.show_layer(None, "conv1", False, "viridis", 0.7)
+        h.explain(None, "saliency", "", "conv5", 0.6, "auto", DEFAULTS)
     with pytest.raises(gr.Error, match="not available on this server"):
         h.switch_model("torchvision", "cuda:7", None)
     session = analyze(h, upload("cat.jpg"))["session"]

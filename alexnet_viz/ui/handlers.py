@@ -446,8 +446,10 @@ class Handlers:
     def show_layer(self, session: Session | None, layer: str, sort: bool, cmap: str,
                    opacity: float) -> dict[str, Any]:
         """A new layer, sort order or colour map: the grid, its text and the channel view (the layer's
-        strongest channel), from the tensors of the visitor's image."""
-        session = _need(session)
+        strongest channel), from the tensors of the visitor's image. Before any image there is nothing to
+        redraw: the choice waits for the image (analyze reads it), and no message interrupts the visitor."""
+        if session is None:
+            return {}
         layer = _choice(layer, "layer", list(session.analysis.activations))
         cmap = _choice(cmap, "colour map", render_colormaps())
         opacity = _number(opacity, "opacity", 0.0, 1.0)
@@ -460,7 +462,8 @@ class Handlers:
 
     @friendly("drawing the channel")
     def show_channel(self, session: Session | None, channel: float, opacity: float) -> dict[str, Any]:
-        session = _need(session)
+        if session is None:  # a slider moved before any image: it applies to the next one
+            return {}
         act = session.analysis.activations[session.scene.layers[0]]
         opacity = _number(opacity, "opacity", 0.0, 1.0)
         if act.ndim != 3:
