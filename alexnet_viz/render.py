@@ -993,7 +993,7 @@ def share_chart(
 ) -> Image.Image:
     """Per layer, two bars: its share of the parameters and its share of the compute (MACs).
 
-    The seed documents' point in one picture: the FC layers hold the parameters, the convs do the work.
+    AlexNet's lesson in one picture: the FC layers hold the parameters, the convs do the work.
     """
     if not (len(names) == len(param_shares) == len(mac_shares)) or not names:
         raise ValueError("share_chart needs one parameter share and one MAC share per layer name")

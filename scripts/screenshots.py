@@ -24,8 +24,12 @@ def take(d: Driver, watch: Watch, out: Path, photo: Path) -> list[Path]:
     page = d.page
     written: list[Path] = []
 
-    def shot(name: str) -> None:
-        page.evaluate("() => window.scrollTo(0, 0)")
+    def shot(name: str, anchor: str | None = None) -> None:
+        """The viewport, at the top of the page or with ``#anchor`` scrolled into view."""
+        if anchor is None:
+            page.evaluate("() => window.scrollTo(0, 0)")
+        else:
+            page.locator(f"#{anchor}").scroll_into_view_if_needed()
         path = out / f"{name}.png"
         page.screenshot(path=str(path))
         written.append(path)
@@ -37,34 +41,22 @@ def take(d: Driver, watch: Watch, out: Path, photo: Path) -> list[Path]:
     d.wait_text("layer-info", r"^conv2\b")
     d.click_picture("layer-grid", 0.3, 0.2)
     d.wait_text("layer-info", r"showing channel")
-    page.locator("#layer-grid").scroll_into_view_if_needed()
-    path = out / "feature-maps.png"
-    page.screenshot(path=str(path))
-    written.append(path)
+    shot("feature-maps", "layer-grid")
     d.tab("Saliency")
     d.choose("method", "Integrated gradients")
     before = d.text("attribution-info")
     page.locator("#explain").click()
     d.wait_text("attribution-info", "Integrated gradients", changed_from=before, timeout=180_000)
-    page.locator("#attribution").scroll_into_view_if_needed()
-    path = out / "saliency.png"
-    page.screenshot(path=str(path))
-    written.append(path)
+    shot("saliency", "attribution")
     d.tab("Units")
     d.choose("units-layer", "conv5")
     page.locator("#units-run").click()
     d.wait_text("units-info", r"the untrained copy's picture drives", timeout=240_000)
-    page.locator("#units-trained").scroll_into_view_if_needed()
-    path = out / "units.png"
-    page.screenshot(path=str(path))
-    written.append(path)
+    shot("units", "units-trained")
     d.tab("Inside AlexNet")
     d.click_picture("inside-view", 0.3, 0.3)
     d.wait_text("inside-conv", r"by hand")
-    page.locator("#inside-view").scroll_into_view_if_needed()
-    path = out / "inside.png"
-    page.screenshot(path=str(path))
-    written.append(path)
+    shot("inside", "inside-view")
     d.tab("Filters")
     page.locator("#presenter input").check()
     page.wait_for_function("() => document.body.classList.contains('presenter')")
