@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any
 
 from benchmarks import page, served
+from benchmarks.features import feature_rows
 from benchmarks.machine import LoadMeter, machine_info
 from benchmarks.rows import make_row, ratio_row, sig
 from benchmarks.timing import SETTLE, matmul_gflops, measure
@@ -82,6 +83,8 @@ def run_default(args: argparse.Namespace, torch: Any, log: Log) -> dict[str, Any
     rows.extend(_page_rows(app, runs=runs, warmup=warmup))
     log("full view, layer and channel changes done")
     rows.extend(_attribution_rows(loaded, analyze(loaded, pil), gflops, runs=runs, warmup=warmup, log=log))
+    if not args.quick:
+        rows.extend(feature_rows(loaded, analyze(loaded, pil), runs=runs, warmup=warmup, log=log))
 
     tutorial_rows, speedups = run_tutorial(args, torch, app, rows, gflops, log)
 

@@ -33,6 +33,12 @@ TARGETS: dict[str, tuple[float, str, str]] = {
     "http_ratio_saliency": (1.0, "x", "max"),
     "http_ratio_gradcam": (1.0, "x", "max"),
     "http_ratio_integrated_gradients": (0.7, "x", "max"),
+    # the Units and trust views (issues' targets: a unit <= 8 s on 2 cores, a click's p95 <= 150 ms, ~1 s a method)
+    "featvis_conv5": (8000.0, "ms", "max"),
+    "featvis_fc7": (8000.0, "ms", "max"),
+    "occlusion_click_p95": (150.0, "ms", "max"),
+    "deletion_insertion_saliency": (1000.0, "ms", "max"),
+    "deletion_insertion_gradcam": (1000.0, "ms", "max"),
 }
 
 
