@@ -26,6 +26,9 @@ from .state import ModelPool
 __all__ = ["CSS", "HEAD", "build_demo"]
 
 SLOW_GROUP = "slow-attributions"  # concurrency_id of the events that can take seconds to minutes
+# Events that only move a value or a visibility: queued like every event (no route runs one outside the
+# queue), in a group without a limit so they never wait behind an analysis.
+INSTANT = {"concurrency_id": "instant", "concurrency_limit": None}
 
 # Font sizes: 16 px body text on a laptop; presenter mode (a class on <body>, set by --presenter or the
 # toggle) gives 24 px body text and 20 px labels, readable from the back of a lecture hall.
@@ -235,7 +238,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         on([c["image"].change], h.analyze, ["image", "arch", "device", *view_inputs], analysis_outputs,
            api_name="analyze", preprocess=False, trigger_mode="always_last", show_progress_on=[c["top5"]])
         on([c["examples"].select], h.pick_example, [], ["image", "example_caption"], api_visibility="private",
-           queue=False)
+           **INSTANT)
         on([c["layer"].input, c["sort"].input, c["cmap"].input], h.show_layer,
            ["session", "layer", "sort", "cmap", "opacity"], [*layer_outputs, "strongest"], api_name="show_layer")
         on([c["channel"].release, c["opacity"].release], h.show_channel, ["session", "channel", "opacity"],
@@ -264,7 +267,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                     "method_caption": spec.caption if spec else ""}
 
         on([c["method"].change], option_visibility, ["method"], ["cam_layer", *option_inputs, "method_caption"],
-           api_visibility="private", queue=False)
+           api_visibility="private", **INSTANT)
         on([c["run"].click], explain_event, ["session", "method", "target", "cam_layer", "attr_alpha", "attr_cmap",
                                              *option_inputs], ["attr_image", "attr_info", "session"],
            api_visibility="private", concurrency_id=SLOW_GROUP, concurrency_limit=SLOW_CONCURRENCY)
@@ -284,14 +287,14 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
             [c[n] for n in analysis_outputs], api_visibility="private", preprocess=False,
             show_progress_on=[c["top5"]])
         switched.failure(_event(h.current_model), [c["session"]], [c["arch"], c["device"]], api_visibility="private",
-                         queue=False)
+                         **INSTANT)
         untrained_box.expand(_event(h.untrained_filters), [c["session"]], [c["untrained"], c["untrained_note"]],
                              api_visibility="private")
         on([c["download"].click], h.download, ["session"], ["zip"], api_visibility="private").success(
-            None, [c["zip"]], None, js=DOWNLOAD_JS, queue=False)
-        c["presenter"].change(None, [c["presenter"]], None, js=PRESENTER_JS, queue=False)
-        c["presenter"].input(lambda on: gr.update(open=not on), [c["presenter"]], [setup], queue=False,
-                             api_visibility="private")
+            None, [c["zip"]], None, js=DOWNLOAD_JS)
+        c["presenter"].change(None, [c["presenter"]], None, js=PRESENTER_JS)
+        c["presenter"].input(lambda on: gr.update(open=not on), [c["presenter"]], [setup], api_visibility="private",
+                             **INSTANT)
         demo.load(None, [c["presenter"]], None, js=PRESENTER_JS)
     return demo
 

@@ -26,8 +26,10 @@ __all__ = [
     "DECODER",
     "MAX_FILE_SIZE",
     "QUEUE_SIZE",
+    "RESULTS_BUDGET",
     "SESSION_TTL_S",
     "SLOW_LIMIT_S",
+    "STATE_CAPACITY",
     "launch",
     "return_freed_memory",
     "serve",
@@ -42,6 +44,13 @@ CONCURRENCY = 2  # events running at once: a free Space has 2 cores
 SLOW_CONCURRENCY = 1  # slow attributions (integrated gradients, occlusion, ...) at once, in their own group
 DECODER = IsolatedDecoder(timeout_s=30.0)  # one worker process for the server's uploads
 SESSION_TTL_S = 2 * 3600  # forget a visitor's results after two hours
+# The visitors' analyses and attribution maps, all together, within this many bytes (least recently used out
+# first; an evicted visitor's next picture computes them again). An AlexNet analysis is ~2.4 MB, a map ~0.8 MB:
+# the last ~100 visitors keep theirs. A session itself keeps only the 224 px picture and the settings (~150 KB).
+RESULTS_BUDGET = 300 * 1024 * 1024
+# Gradio's own per-tab state (a copy of the page's settings per session); past this many tabs the oldest
+# is forgotten. Ten times a full lecture hall.
+STATE_CAPACITY = 5000
 CACHE_SWEEP_S, CACHE_MAX_AGE_S = 1800, 3600  # every 30 min, delete uploads and pictures sent over an hour ago
 # Computing time one request may spend in the slow attribution methods before it is stopped (between two
 # batches). Gradio cannot stop a running sync handler: neither /cancel nor a closed tab ends its thread,
@@ -87,7 +96,7 @@ def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return_freed_memory()
     DECODER.start()
-    pool = ModelPool(arch, weights, device, num_classes=num_classes, labels=labels)
+    pool = ModelPool(arch, weights, device, num_classes=num_classes, labels=labels, results_budget=RESULTS_BUDGET)
     if pool.default.weights.warning:
         log.warning(pool.default.weights.warning)
     return launch(build_demo(pool, presenter=presenter), host=host, port=port, share=share, block=block)
@@ -96,11 +105,14 @@ def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
            queue_size: int = QUEUE_SIZE, concurrency: int = CONCURRENCY) -> gr.Blocks:
     """Queue and serve a page from ``build_demo`` with the public app's settings (tests use smaller queues)."""
-    from .layout import CSS, HEAD
+    from .fairness import one_slow_job_per_visitor
+    from .layout import CSS, HEAD, SLOW_GROUP
 
-    # api_open=False: no route runs an event outside the queue (POST /gradio_api/run/<name> would bypass its
-    # size and concurrency limits); gradio_client goes through the queue and still works.
+    # api_open=False: no route runs a queued event outside the queue (POST /gradio_api/run/<name> would bypass
+    # its size and concurrency limits); gradio_client goes through the queue and still works. Every event of
+    # the page is queued (layout.py), so no event runs outside it at all.
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency, api_open=False)
+    one_slow_job_per_visitor(demo._queue, {SLOW_GROUP})  # a second slow request of one tab is refused at once
     demo.launch(
         server_name=host,
         server_port=port,
@@ -116,6 +128,7 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share:
         footer_links=["gradio"],
         run_history=False,  # no runs page, no "connect a bucket" endpoint on a public app
         prevent_thread_lock=not block,
+        state_session_capacity=STATE_CAPACITY,
         quiet=not block,
     )
     return demo
