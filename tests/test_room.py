@@ -50,10 +50,13 @@ def _pictures(out: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def test_the_slow_replica_shares_the_weights_but_not_the_lock(pool: ModelPool) -> None:
     main, slow = pool.default, pool.get(*pool.default_key, lane="slow")
-    assert slow.module is not main.module and slow.lock is not main.lock
-    assert pool.get(*pool.default_key, lane="slow") is slow  # one replica, made once
-    for (name, p), (_, q) in zip(main.module.named_parameters(), slow.module.named_parameters(), strict=True):
-        assert p is q, name  # the same tensors: no second copy of the weights
+    restore = pool.get(*pool.default_key, lane="restore")
+    assert len({id(m.module) for m in (main, slow, restore)}) == 3
+    assert len({id(m.lock) for m in (main, slow, restore)}) == 3
+    assert pool.get(*pool.default_key, lane="slow") is slow  # one replica per lane, made once
+    for other in (slow, restore):
+        for (name, p), (_, q) in zip(main.module.named_parameters(), other.module.named_parameters(), strict=True):
+            assert p is q, name  # the same tensors: no second copy of the weights
     image = Image.open(ASSETS / "cat.jpg")
     a, b = analyze(main, image), analyze(slow, image)
     assert torch.equal(a.logits, b.logits)
@@ -185,6 +188,25 @@ def test_two_sessions_that_evict_each_other_still_get_their_own_pictures(h: Hand
     again = sessions["a"].attributions["integrated_gradients"]
     assert again is not before and torch.equal(again.heatmap, before.heatmap) and again.seconds == before.seconds
     assert torch.equal(again.heatmap, reference["a"]["session"].attributions["integrated_gradients"].heatmap)
+
+
+def test_an_evicted_slow_map_comes_back_without_waiting_for_the_slow_lane(h: Handlers, pool: ModelPool) -> None:
+    """A visitor restyles their integrated gradients after the cache evicted it, while another visitor's slow
+    attribution holds the slow replica: the map is computed again on the restore replica, at once."""
+    session = _analyze(h, upload("cat.jpg"))["session"]
+    ig = {**DEFAULTS, "n_steps": 6, "tolerance": 0.0}
+    shown = h.explain(session, "integrated_gradients", "", "conv5", 0.5, "auto", ig)
+    pool.results.clear()
+    slow = pool.get(*pool.default_key, lane="slow")
+    outs: list[dict[str, Any]] = []
+    worker = threading.Thread(target=lambda: outs.append(h.restyle(shown["session"], 0.5, "auto")))
+    with slow.lock:  # someone's occlusion
+        worker.start()
+        worker.join(60)
+        waited = worker.is_alive()
+    worker.join(60)
+    assert not waited, "the restyle waited for the slow lane"
+    assert np.array_equal(_pixels(outs[0]["attr_image"]), _pixels(shown["attr_image"]))
 
 
 # --- over HTTP --------------------------------------------------------------------------------------------------

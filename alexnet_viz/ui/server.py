@@ -44,13 +44,16 @@ CONCURRENCY = 2  # events running at once: a free Space has 2 cores
 SLOW_CONCURRENCY = 1  # slow attributions (integrated gradients, occlusion, ...) at once, in their own group
 DECODER = IsolatedDecoder(timeout_s=30.0)  # one worker process for the server's uploads
 SESSION_TTL_S = 2 * 3600  # forget a visitor's results after two hours
-# The visitors' analyses and attribution maps, all together, within this many bytes (least recently used out
-# first; an evicted visitor's next picture computes them again). An AlexNet analysis is ~2.4 MB, a map ~0.8 MB:
-# the last ~100 visitors keep theirs. A session itself keeps only the 224 px picture and the settings (~150 KB).
-RESULTS_BUDGET = 300 * 1024 * 1024
-# Gradio's own per-tab state (a copy of the page's settings per session); past this many tabs the oldest
-# is forgotten. Ten times a full lecture hall.
-STATE_CAPACITY = 5000
+# Memory per visitor, by design rather than by expiry (measured: benchmarks, tests/test_room.py):
+# - their analyses and attribution maps live in one cache of RESULTS_BUDGET bytes, least recently used out
+#   first; an evicted visitor's next picture computes them again (one forward pass, ~0.1 s). An AlexNet
+#   analysis (19 layers) is ~4.9 MB and a map ~0.8 MB, so the ~35 most recent visitors keep theirs at hand;
+# - their tab's state: Gradio's copy of the page's settings (~0.2 MB, the 1,000 classes of the target list
+#   included) and our Session (the 224 px picture and the settings, ~0.15 MB): ~0.8 MB of RSS in all. Past
+#   STATE_CAPACITY tabs Gradio forgets the least recently used (its next click asks for an image again).
+# Idle ~1.03 GB + cache ~0.27 GB + 800 x 0.8 MB stays under 2.0 GB however many visitors come.
+RESULTS_BUDGET = 200 * 1024 * 1024
+STATE_CAPACITY = 800
 CACHE_SWEEP_S, CACHE_MAX_AGE_S = 1800, 3600  # every 30 min, delete uploads and pictures sent over an hour ago
 # Computing time one request may spend in the slow attribution methods before it is stopped (between two
 # batches). Gradio cannot stop a running sync handler: neither /cancel nor a closed tab ends its thread,
@@ -96,7 +99,7 @@ def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return_freed_memory()
     DECODER.start()
-    pool = ModelPool(arch, weights, device, num_classes=num_classes, labels=labels, results_budget=RESULTS_BUDGET)
+    pool = ModelPool(arch, weights, device, num_classes=num_classes, labels=labels)
     if pool.default.weights.warning:
         log.warning(pool.default.weights.warning)
     return launch(build_demo(pool, presenter=presenter), host=host, port=port, share=share, block=block)

@@ -3,7 +3,7 @@ the slow attributions), each visitor's :class:`Session` in ``gr.State``, and one
 :class:`ResultCache` that holds the heavy tensors of every session within a byte budget.
 
 A session itself is light (the 224 px picture the network saw, the settings of each attribution and what
-each panel shows: about 150 KB). Its analysis (every layer's activations, ~2.3 MB for AlexNet) and its
+each panel shows: about 150 KB). Its analysis (every layer's activations, ~4.9 MB for AlexNet) and its
 attribution maps live in the cache; when the budget evicts them, the next panel that needs them computes them
 again from the session: one forward pass for the analysis, the same Captum call for a map. The pictures are
 the same pixel for pixel (a test checks), so the visitor does not notice; memory stays bounded however many
@@ -28,11 +28,12 @@ from ..analysis import Analysis, analyze
 from ..attribution import METHODS, Attribution, Contrast, attribute
 from ..export import Scene
 from ..model import LoadedModel, load_model
+from .server import RESULTS_BUDGET
 
 __all__ = ["Lane", "ModelPool", "Recipe", "ResultCache", "Session", "replica"]
 
-Lane = Literal["main", "slow"]
-RESULTS_BUDGET_BYTES = 300 * 1024 * 1024  # the cache's default budget (server.py passes its own)
+Lane = Literal["main", "slow", "restore"]
+LANES: tuple[Lane, ...] = ("main", "slow", "restore")
 
 
 def replica(loaded: LoadedModel) -> LoadedModel:
@@ -51,8 +52,10 @@ def replica(loaded: LoadedModel) -> LoadedModel:
 class ModelPool:
     """Loaded models, one per (arch, device), loaded on first use and shared read-only by all visitors.
 
-    Each model comes in two replicas (lanes) that share their weights: ``"main"`` for analyses and quick
-    maps, ``"slow"`` for the slow attributions, so a minute of occlusion never makes anyone's forward pass wait.
+    Each model comes in replicas (lanes) that share their weights, each with its own lock: ``"main"`` for
+    analyses and quick maps, ``"slow"`` for the slow attributions (so a minute of occlusion never makes anyone's
+    forward pass wait), ``"restore"`` for computing again a slow map the cache evicted (so a visitor's restyle
+    never waits behind another visitor's occlusion, nor holds up anyone's forward pass).
     The architecture given at start gets the weights given at start; the others are seeded and untrained
     (the banner says so). At most ``max_models`` stay in memory (about 250 MB each, both lanes together).
     ``results`` is the process-wide cache of the visitors' tensors.
@@ -60,15 +63,15 @@ class ModelPool:
 
     def __init__(self, arch: str | None = None, weights: str = "imagenet", device: str = "auto", *,
                  num_classes: int | None = None, labels: str | None = None, max_models: int = 3,
-                 results_budget: int = RESULTS_BUDGET_BYTES) -> None:
+                 results_budget: int = RESULTS_BUDGET) -> None:
         self._weights, self._num_classes, self._labels = weights, num_classes, labels
         self._max = max_models
-        self._models: OrderedDict[tuple[str, str], dict[Lane, LoadedModel]] = OrderedDict()
+        self._models: OrderedDict[tuple[str, str], dict[Lane, LoadedModel]] = OrderedDict()  # the lanes of a model
         self._lock = threading.Lock()
         self.results = ResultCache(results_budget)
         first = load_model(arch, weights, device, num_classes=num_classes, labels=labels, fallback=True)
         self.default_key = (first.arch, str(first.device))
-        self._models[self.default_key] = {"main": first, "slow": replica(first)}
+        self._models[self.default_key] = _lanes(first)
 
     @property
     def default(self) -> LoadedModel:
@@ -85,11 +88,16 @@ class ModelPool:
                                     fallback=True)
             else:  # no weights were given for it: ImageNet's where they exist, else untrained (the banner says)
                 loaded = load_model(arch, "imagenet", device, fallback=True)
-            self._models[key] = {"main": loaded, "slow": replica(loaded)}
+            self._models[key] = _lanes(loaded)
             while len(self._models) > self._max:
                 oldest = next(k for k in self._models if k != self.default_key)
                 del self._models[oldest]
             return self._models[key][lane]
+
+
+def _lanes(loaded: LoadedModel) -> dict[Lane, LoadedModel]:
+    """All the replicas at once, as the model is loaded: before any request can have hooked it."""
+    return {lane: loaded if lane == "main" else replica(loaded) for lane in LANES}
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -187,8 +195,8 @@ class Recipe:
 
     def compute(self, loaded: LoadedModel, x: torch.Tensor) -> Attribution:
         target: int | Contrast = self.target if self.contrast is None else Contrast(self.target, self.contrast)
-        fresh = attribute(loaded.module, x.to(loaded.device), self.method, target=target, layer=self.layer,
-                          **dict(self.options))
+        options: dict[str, Any] = dict(self.options)
+        fresh = attribute(loaded.module, x.to(loaded.device), self.method, target=target, layer=self.layer, **options)
         return replace(fresh, seconds=self.seconds)  # the caption keeps the time the visitor waited
 
 
@@ -227,7 +235,7 @@ class Session:
     writes exactly that). Immutable: every handler returns a new one.
 
     ``analysis`` and ``attributions`` read the pool's :class:`ResultCache` and compute what it no longer holds,
-    on the main replica (a forward pass) or, for a slow method, on the slow replica. Make one with
+    on the main replica (a forward pass, a quick map) or, for a slow method, on the restore replica. Make one with
     :meth:`start`.
     """
 
@@ -274,7 +282,7 @@ class Session:
 
     def attribution(self, method: str) -> Attribution:
         recipe = self.recipes[method]
-        lane: Lane = "slow" if METHODS[method].slow else "main"
+        lane: Lane = "restore" if METHODS[method].slow else "main"
         return self.pool.results.get_or_compute((self.key, recipe),
                                                 lambda: recipe.compute(self.model(lane), self.network_input()))
 
