@@ -26,9 +26,6 @@ from .state import ModelPool
 __all__ = ["CSS", "HEAD", "build_demo"]
 
 SLOW_GROUP = "slow-attributions"  # concurrency_id of the events that can take seconds to minutes
-# Events that only move a value or a visibility: queued like every event (no route runs one outside the
-# queue), in a group without a limit so they never wait behind an analysis.
-INSTANT = {"concurrency_id": "instant", "concurrency_limit": None}
 
 # Font sizes: 16 px body text on a laptop; presenter mode (a class on <body>, set by --presenter or the
 # toggle) gives 24 px body text and 20 px labels, readable from the back of a lecture hall.
@@ -219,6 +216,9 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
             api_explain = gr.Button()
 
         # ---- events ---- (the API endpoints first, so that they get their names before any handler does)
+        # Every event is queued (no route runs one outside the queue: tests/test_room.py); those that only move
+        # a value or a visibility are in a group without a limit, so they never wait behind an analysis.
+        instant: dict[str, Any] = {"concurrency_id": "instant", "concurrency_limit": None}
         api_predict.click(h.predict_api, [api_image], [api_label], api_name="predict", preprocess=False)
         gr.on([api_explain.click], as_png_files(lambda *a: {api_overlay: h.explain_api(*a)}),
               [api_image, api_method, api_target], [api_overlay], api_name="explain", preprocess=False,
@@ -238,7 +238,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         on([c["image"].change], h.analyze, ["image", "arch", "device", *view_inputs], analysis_outputs,
            api_name="analyze", preprocess=False, trigger_mode="always_last", show_progress_on=[c["top5"]])
         on([c["examples"].select], h.pick_example, [], ["image", "example_caption"], api_visibility="private",
-           **INSTANT)
+           **instant)
         on([c["layer"].input, c["sort"].input, c["cmap"].input], h.show_layer,
            ["session", "layer", "sort", "cmap", "opacity"], [*layer_outputs, "strongest"], api_name="show_layer")
         on([c["channel"].release, c["opacity"].release], h.show_channel, ["session", "channel", "opacity"],
@@ -267,7 +267,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                     "method_caption": spec.caption if spec else ""}
 
         on([c["method"].change], option_visibility, ["method"], ["cam_layer", *option_inputs, "method_caption"],
-           api_visibility="private", **INSTANT)
+           api_visibility="private", **instant)
         on([c["run"].click], explain_event, ["session", "method", "target", "cam_layer", "attr_alpha", "attr_cmap",
                                              *option_inputs], ["attr_image", "attr_info", "session"],
            api_visibility="private", concurrency_id=SLOW_GROUP, concurrency_limit=SLOW_CONCURRENCY)
@@ -287,14 +287,14 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
             [c[n] for n in analysis_outputs], api_visibility="private", preprocess=False,
             show_progress_on=[c["top5"]])
         switched.failure(_event(h.current_model), [c["session"]], [c["arch"], c["device"]], api_visibility="private",
-                         **INSTANT)
+                         **instant)
         untrained_box.expand(_event(h.untrained_filters), [c["session"]], [c["untrained"], c["untrained_note"]],
                              api_visibility="private")
         on([c["download"].click], h.download, ["session"], ["zip"], api_visibility="private").success(
             None, [c["zip"]], None, js=DOWNLOAD_JS)
         c["presenter"].change(None, [c["presenter"]], None, js=PRESENTER_JS)
         c["presenter"].input(lambda on: gr.update(open=not on), [c["presenter"]], [setup], api_visibility="private",
-                             **INSTANT)
+                             **instant)
         demo.load(None, [c["presenter"]], None, js=PRESENTER_JS)
     return demo
 
