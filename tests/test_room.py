@@ -274,6 +274,10 @@ def test_one_slow_job_per_visitor_over_http(pool: ModelPool) -> None:
             assert {r.status_code for r in answers} == {400}
             assert all(r.json()["detail"] == BUSY for r in answers)
             assert len(demo._queue) == 0  # none of them took a place in the queue
+            # a script without a session (POST /call/explain) is one visitor per address: one job at a time
+            calls = [http.post(f"{url}/gradio_api/call/explain", json={"data": [_file(cat), "saliency", ""]})
+                     for _ in range(3)]
+            assert [r.status_code for r in calls] == [200, 400, 400] and calls[1].json()["detail"] == BUSY
             # another visitor: a prediction now, and a slow job of their own accepted (it waits its turn)
             client = Client(url, verbose=False)
             t0 = time.perf_counter()

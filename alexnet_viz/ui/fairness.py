@@ -8,8 +8,9 @@ page shows as an error toast and gradio_client raises.
 
 Refusing rather than replacing: Gradio cannot stop a running handler's thread (a replaced job would go on
 computing until its next batch), and a visitor who pressed Explain twice expects the first result, not a
-silent swap. A visitor is a ``session_hash`` (one browser tab): a lecture hall behind one NAT address is
-hundreds of visitors, so a per-address limit would refuse the students, not the abuser.
+silent swap. A visitor is a ``session_hash`` (one browser tab, one gradio_client): a lecture hall behind one
+NAT address is hundreds of visitors, so a per-address limit would refuse the students, not the abuser. Only a
+request that names no session (``POST /gradio_api/call/<name>`` from a script) is counted by its address.
 """
 
 from __future__ import annotations
@@ -23,11 +24,24 @@ __all__ = ["BUSY", "one_slow_job_per_visitor", "slow_jobs_of"]
 BUSY = "Your previous attribution is still running; wait for it to finish, then try again."
 
 
-def slow_jobs_of(queue: Any, session_hash: str | None, groups: Collection[str]) -> int:
-    """Events of ``session_hash`` in ``groups`` that the queue holds now, waiting or running. Gradio keeps an
+def _address(request: Any) -> str:
+    headers = getattr(request, "headers", None) or {}
+    forwarded = headers.get("x-forwarded-for", "")  # a Space's proxy puts the visitor's address first
+    client = getattr(request, "client", None)
+    return "address:" + (forwarded.split(",")[0].strip() or (client.host if client else "?"))
+
+
+def _visitor_of(event: Any) -> str:
+    """An event's visitor: its session, or, for one pushed without a session (Gradio then names the session
+    after the event), its address."""
+    return _address(event.request) if event.session_hash == event._id else event.session_hash
+
+
+def slow_jobs_of(queue: Any, visitor: str, groups: Collection[str]) -> int:
+    """Events of ``visitor`` in ``groups`` that the queue holds now, waiting or running. Gradio keeps an
     event in ``event_ids_to_events`` from its push until it finishes, is cancelled or its client leaves."""
     return sum(1 for event in list(queue.event_ids_to_events.values())
-               if event.session_hash == session_hash and event.concurrency_id in groups)
+               if event.concurrency_id in groups and _visitor_of(event) == visitor)
 
 
 def one_slow_job_per_visitor(queue: Any, groups: Collection[str], *, message: str = BUSY) -> None:
@@ -48,7 +62,8 @@ def one_slow_job_per_visitor(queue: Any, groups: Collection[str], *, message: st
         if getattr(fn, "concurrency_id", None) not in groups:
             return await push(body, request, username)
         async with guard:
-            if body.session_hash is not None and slow_jobs_of(queue, body.session_hash, groups):
+            visitor = body.session_hash if body.session_hash is not None else _address(request)
+            if slow_jobs_of(queue, visitor, groups):
                 return False, message, "error"
             return await push(body, request, username)
 
