@@ -573,12 +573,13 @@ def test_out_of_memory_is_a_sentence_and_the_model_stays_usable(h: Handlers, poo
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     good = upload(ASSETS / "cat.jpg")
     session = _page_analyze(h, good)[0]
-    conv3 = pool.default.module.get_submodule("conv3")
+    lanes = [pool.get(*pool.default_key, lane=lane) for lane in ("main", "slow", "restore")]
 
     def boom(*args: Any, **kwargs: Any) -> None:
         raise error
 
-    monkeypatch.setattr(conv3, "forward", boom)
+    for loaded in lanes:  # the page's forward passes, its slow attributions and their recomputation
+        monkeypatch.setattr(loaded.module.get_submodule("conv3"), "forward", boom)
     with pytest.raises(gr.Error) as caught:
         _page_analyze(h, good)
     assert caught.value.message.startswith("The server ran out of memory while analysing the image; ")
@@ -592,9 +593,10 @@ def test_out_of_memory_is_a_sentence_and_the_model_stays_usable(h: Handlers, poo
         h.predict_api({"path": good})
     monkeypatch.undo()
     # the same model serves the next requests: no lock held, no hook left behind
-    assert pool.default.lock.acquire(blocking=False)
-    pool.default.lock.release()
-    assert _no_hooks_left(pool.default.module)
+    for loaded in lanes:
+        assert loaded.lock.acquire(blocking=False)
+        loaded.lock.release()
+        assert _no_hooks_left(loaded.module)
     assert len(_page_analyze(h, good)[1]) == 5
     assert h.explain(session, "integrated_gradients", "", "conv5", 0.5, "auto", _options(n_steps=4),
                      progress=_no_progress)["session"].attributions["integrated_gradients"].options["n_steps"] == 4
@@ -682,7 +684,8 @@ def _app_in_process(pool: ModelPool, **queue: int) -> Iterator[tuple[gr.Blocks, 
 def test_cancelling_over_http_frees_the_model(pool: ModelPool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Gradio's /cancel (what gradio_client's Job.cancel and the page's Stop do) cannot stop a running sync
     handler's thread; our progress callback notices and stops the attribution at its next batch."""
-    module = pool.default.module
+    slow = pool.get(*pool.default_key, lane="slow")  # /explain runs on the slow attributions' replica
+    module = slow.module
     calls: list[int] = []
 
     def slow_batch(_module: torch.nn.Module, _args: tuple[Any, ...]) -> None:
@@ -703,9 +706,9 @@ def test_cancelling_over_http_frees_the_model(pool: ModelPool, monkeypatch: pyte
             deadline = time.monotonic() + 60
             free = False
             while not free and time.monotonic() < deadline:
-                free = pool.default.lock.acquire(timeout=0.1)
+                free = slow.lock.acquire(timeout=0.1)
             assert free, "the attribution kept the model after its visitor cancelled"
-            pool.default.lock.release()
+            slow.lock.release()
             stopped_at = len(calls)
             assert stopped_at <= cancelled_at + 2 < 13  # stopped at the next batch, not after all 13 passes
             time.sleep(1.0)

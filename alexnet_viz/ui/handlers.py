@@ -34,7 +34,7 @@ from ..model import LoadedModel, available_devices
 from ..summary import summarize
 from . import files
 from .server import ASSETS, DECODER, SLOW_LIMIT_S
-from .state import ModelPool, Session
+from .state import Lane, ModelPool, Session
 
 __all__ = ["Handlers", "friendly", "option_specs", "upload_path"]
 
@@ -301,14 +301,17 @@ class Handlers:
 
     # --- the model ---------------------------------------------------------------------------------
 
-    def model_for(self, session: Session | None, arch: str | None = None, device: str | None = None) -> LoadedModel:
+    def model_for(self, session: Session | None, arch: str | None = None, device: str | None = None, *,
+                  lane: Lane = "main") -> LoadedModel:
+        """The visitor's model (or the one asked for); ``lane="slow"``: its replica for slow attributions,
+        which shares the weights but not the lock, so the analyses of others never wait for it."""
         arch = arch or (session.arch if session else self.pool.default_key[0])
         device = device or (session.device if session else self.pool.default_key[1])
         _choice(arch, "architecture", list(ARCHITECTURES))
         if device not in available_devices():
             raise _refuse(f"The device {_echo(device)} is not available on this server; it offers "
                           f"{', '.join(available_devices())}.")
-        return self.pool.get(arch, device)
+        return self.pool.get(arch, device, lane)
 
     # --- one image -> everything on screen -------------------------------------------------------------
 
@@ -330,7 +333,7 @@ class Handlers:
             quick = method if method in METHODS and not METHODS[method].slow else "saliency"
             with _timed(timings, "attribution"):
                 attr = explain(loaded, result, quick, layer=_default_cam_layer(loaded, METHODS[quick].layer_based))
-            new = Session(arch=loaded.arch, device=str(loaded.device), analysis=result).with_attribution(attr)
+            new = Session.start(self.pool, loaded, result).with_attribution(attr)
             new = new.with_scene(layers=(layer,), sort=bool(sort), cmap=cmap, channel=None, opacity=opacity,
                                  filter=None, methods=(quick,), attr_alpha=attr_alpha, attr_cmap=attr_cmap,
                                  compare=())
@@ -533,7 +536,7 @@ class Handlers:
         method = _choice(method, "method", list(METHODS))
         alpha = _number(alpha, "opacity", 0.0, 1.0)
         cmap = _choice(cmap, "colour map", ["auto", *render_colormaps()])
-        loaded = self.model_for(session)
+        loaded = self.model_for(session, lane="slow" if METHODS[method].slow else "main")
         bound = _Bounded(progress if METHODS[method].slow else None, self.time_limit_s)
         attr = self._explain(loaded, session, method, target, cam_layer, options or {}, bound)
         session = session.with_attribution(attr).with_scene(methods=(method,), attr_alpha=alpha, attr_cmap=cmap)
@@ -558,7 +561,7 @@ class Handlers:
         chosen = list(dict.fromkeys(m for m in methods or [] if isinstance(m, str) and m in METHODS))
         if not chosen:
             raise _refuse("Tick at least one method to compare.")
-        loaded = self.model_for(session)
+        loaded = self.model_for(session, lane="slow")  # the slow group's replica: nobody's forward waits for it
         bound = _Bounded(None, self.time_limit_s)  # one time limit for all the methods of this request
         for i, method in enumerate(chosen):
             if progress is not None:
@@ -640,7 +643,7 @@ class Handlers:
             raise _refuse(f"Unknown method {_echo(method)}; use one of {', '.join(METHODS)}.")
         if len(str(target or "")) > 200:
             raise _refuse(f"No class is called {_echo(target)}.")
-        loaded = self.pool.default
+        loaded = self.pool.get(*self.pool.default_key, lane="slow")  # runs in the slow group: its replica
         result = analyze(loaded, self.decode(upload_path(image)), capture=False)  # no layer is hooked
         attr = explain(loaded, result, method, target=target or None,
                        layer=_default_cam_layer(loaded, METHODS[method].layer_based),

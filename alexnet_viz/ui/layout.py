@@ -21,7 +21,7 @@ from ..model import available_devices
 from . import handlers as H
 from . import units_tab
 from .files import as_png_files
-from .server import CACHE_MAX_AGE_S, CACHE_SWEEP_S, SESSION_TTL_S, SLOW_CONCURRENCY
+from .server import CACHE_MAX_AGE_S, CACHE_SWEEP_S, INSTANT, SESSION_TTL_S, SLOW_CONCURRENCY
 from .state import ModelPool
 
 __all__ = ["CSS", "HEAD", "TABS", "Page", "build_demo", "picture"]
@@ -255,6 +255,9 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
             api_explain = gr.Button()
 
         # ---- events ---- (the API endpoints first, so that they get their names before any handler does)
+        # Every event is queued (no route runs one outside the queue: tests/test_room.py); those that only move
+        # a value or a visibility are in a group without a limit, so they never wait behind an analysis.
+        instant = INSTANT
         api_predict.click(h.predict_api, [api_image], [api_label], api_name="predict", preprocess=False)
         api_explain.click(as_png_files(_keyed_to(api_overlay, h.explain_api)), [api_image, api_method, api_target],
                           [api_overlay], api_name="explain", preprocess=False, concurrency_id=SLOW_GROUP,
@@ -274,7 +277,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         on([c["image"].change], h.analyze, ["image", "arch", "device", *view_inputs], analysis_outputs,
            api_name="analyze", preprocess=False, trigger_mode="always_last", show_progress_on=[c["top5"]])
         on([c["examples"].select], h.pick_example, [], ["image", "example_caption"], api_visibility="private",
-           queue=False)
+           **instant)
         on([c["layer"].input, c["sort"].input, c["cmap"].input], h.show_layer,
            ["session", "layer", "sort", "cmap", "opacity"], [*layer_outputs, "strongest"], api_name="show_layer")
         on([c["channel"].release, c["opacity"].release], h.show_channel, ["session", "channel", "opacity"],
@@ -303,7 +306,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                     "method_caption": spec.caption if spec else ""}
 
         on([c["method"].change], option_visibility, ["method"], ["cam_layer", *option_inputs, "method_caption"],
-           api_visibility="private", queue=False)
+           api_visibility="private", **instant)
         on([c["run"].click], explain_event, ["session", "method", "target", "cam_layer", "attr_alpha", "attr_cmap",
                                              *option_inputs], ["attr_image", "attr_info", "session"],
            api_visibility="private", concurrency_id=SLOW_GROUP, concurrency_limit=SLOW_CONCURRENCY)
@@ -324,14 +327,14 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
             [c[n] for n in analysis_outputs], api_visibility="private", preprocess=False,
             show_progress_on=[c["top5"]])
         switched.failure(_event(h.current_model, ["arch", "device"]), [c["session"]], [c["arch"], c["device"]],
-                         api_visibility="private", queue=False)
+                         api_visibility="private", **instant)
         untrained_box.expand(_event(h.untrained_filters, ["untrained", "untrained_note"]), [c["session"]],
                              [c["untrained"], c["untrained_note"]], api_visibility="private")
         on([c["download"].click], h.download, ["session"], ["zip"], api_visibility="private").success(
-            None, [c["zip"]], None, js=DOWNLOAD_JS, queue=False)
-        c["presenter"].change(None, [c["presenter"]], None, js=PRESENTER_JS, queue=False)
-        c["presenter"].input(lambda on: gr.update(open=not on), [c["presenter"]], [setup], queue=False,
-                             api_visibility="private")
+            None, [c["zip"]], None, js=DOWNLOAD_JS)
+        c["presenter"].change(None, [c["presenter"]], None, js=PRESENTER_JS)
+        c["presenter"].input(lambda on: gr.update(open=not on), [c["presenter"]], [setup], api_visibility="private",
+                             **instant)
         demo.load(None, [c["presenter"]], None, js=PRESENTER_JS)
     return demo
 

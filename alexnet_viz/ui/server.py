@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -26,8 +27,10 @@ __all__ = [
     "DECODER",
     "MAX_FILE_SIZE",
     "QUEUE_SIZE",
+    "RESULTS_BUDGET",
     "SESSION_TTL_S",
     "SLOW_LIMIT_S",
+    "STATE_CAPACITY",
     "launch",
     "return_freed_memory",
     "serve",
@@ -41,7 +44,20 @@ QUEUE_SIZE = 32  # waiting requests at most; the 33rd visitor is told the app is
 CONCURRENCY = 2  # events running at once: a free Space has 2 cores
 SLOW_CONCURRENCY = 1  # slow attributions (integrated gradients, occlusion, ...) at once, in their own group
 DECODER = IsolatedDecoder()  # worker processes for the server's uploads: a crash or a stall costs one request
+# Events that only move values around (no model): queued like every event (api_open=False leaves no route
+# outside the queue) but in a group without a limit, so they never wait behind the model's work.
+INSTANT: dict[str, Any] = {"concurrency_id": "instant", "concurrency_limit": None}
 SESSION_TTL_S = 2 * 3600  # forget a visitor's results after two hours
+# Memory per visitor, by design rather than by expiry (measured: benchmarks, tests/test_room.py):
+# - their analyses and attribution maps live in one cache of RESULTS_BUDGET bytes, least recently used out
+#   first; an evicted visitor's next picture computes them again (one forward pass, ~0.1 s). An AlexNet
+#   analysis (19 layers) is ~4.9 MB and a map ~0.8 MB, so the ~35 most recent visitors keep theirs at hand;
+# - their tab's state: Gradio's copy of the page's settings (~0.2 MB, the 1,000 classes of the target list
+#   included) and our Session (the 224 px picture and the settings, ~0.15 MB): ~0.8 MB of RSS in all. Past
+#   STATE_CAPACITY tabs Gradio forgets the least recently used (its next click asks for an image again).
+# Idle ~1.03 GB + cache ~0.27 GB + 800 x 0.8 MB stays under 2.0 GB however many visitors come.
+RESULTS_BUDGET = 200 * 1024 * 1024
+STATE_CAPACITY = 800
 CACHE_SWEEP_S, CACHE_MAX_AGE_S = 1800, 3600  # every 30 min, delete uploads and pictures sent over an hour ago
 # Computing time one request may spend in the slow attribution methods before it is stopped (between two
 # batches). Gradio cannot stop a running sync handler: neither /cancel nor a closed tab ends its thread,
@@ -118,11 +134,14 @@ def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
            queue_size: int = QUEUE_SIZE, concurrency: int = CONCURRENCY) -> gr.Blocks:
     """Queue and serve a page from ``build_demo`` with the public app's settings (tests use smaller queues)."""
-    from .layout import CSS, HEAD
+    from .fairness import one_slow_job_per_visitor
+    from .layout import CSS, HEAD, SLOW_GROUP
 
-    # api_open=False: no route runs an event outside the queue (POST /gradio_api/run/<name> would bypass its
-    # size and concurrency limits); gradio_client goes through the queue and still works.
+    # api_open=False: no route runs a queued event outside the queue (POST /gradio_api/run/<name> would bypass
+    # its size and concurrency limits); gradio_client goes through the queue and still works. Every event of
+    # the page is queued (layout.py), so no event runs outside it at all.
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency, api_open=False)
+    one_slow_job_per_visitor(demo._queue, {SLOW_GROUP})  # a second slow request of one tab is refused at once
     demo.launch(
         server_name=host,
         server_port=port,
@@ -139,6 +158,7 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share:
         run_history=False,  # no runs page, no "connect a bucket" endpoint on a public app
         app_kwargs=upload_limit_kwargs(),  # one file per upload request (Gradio takes up to 1000)
         prevent_thread_lock=not block,
+        state_session_capacity=STATE_CAPACITY,
         quiet=not block,
     )
     return demo

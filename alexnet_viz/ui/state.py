@@ -1,76 +1,295 @@
-"""What the app keeps: the shared models (read-only, one per architecture and device) and each visitor's
-results (a :class:`Session` in ``gr.State``, never a global)."""
+"""What the app keeps: the shared models (read-only, one per architecture and device, with a second replica for
+the slow attributions), each visitor's :class:`Session` in ``gr.State``, and one process-wide
+:class:`ResultCache` that holds the heavy tensors of every session within a byte budget.
+
+A session itself is light (the 224 px picture the network saw, the settings of each attribution and what
+each panel shows: about 150 KB). Its analysis (every layer's activations, ~4.9 MB for AlexNet) and its
+attribution maps live in the cache; when the budget evicts them, the next panel that needs them computes them
+again from the session: one forward pass for the analysis, the same Captum call for a map. The pictures are
+the same pixel for pixel (a test checks), so the visitor does not notice; memory stays bounded however many
+visitors come.
+"""
 
 from __future__ import annotations
 
+import copy
 import threading
+import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
-from ..analysis import Analysis
-from ..attribution import Attribution
+import torch
+from PIL import Image
+
+from ..analysis import Analysis, analyze
+from ..attribution import METHODS, Attribution, Contrast, attribute
 from ..export import Scene
 from ..model import LoadedModel, load_model
+from .server import RESULTS_BUDGET
 
-__all__ = ["ModelPool", "Session"]
+__all__ = ["Lane", "ModelPool", "Recipe", "ResultCache", "Session", "replica"]
+
+Lane = Literal["main", "slow", "restore"]
+LANES: tuple[Lane, ...] = ("main", "slow", "restore")
+
+
+def replica(loaded: LoadedModel) -> LoadedModel:
+    """The same model with new module objects that share every parameter and buffer tensor with ``loaded``.
+
+    New modules mean a lock of their own (:func:`~alexnet_viz.activations.model_lock` is per module) and hooks
+    of their own (Captum's and ours are put on modules), so work on the replica never waits for, nor sees, work
+    on the original; shared tensors mean no second copy of the weights (parameters are frozen: nobody writes
+    them). Made before anyone hooks ``loaded``: a deepcopy would copy hooks present at that moment.
+    """
+    module = loaded.module
+    shared: dict[int, Any] = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return replace(loaded, module=copy.deepcopy(module, memo=shared))
 
 
 class ModelPool:
     """Loaded models, one per (arch, device), loaded on first use and shared read-only by all visitors.
 
+    Each model comes in replicas (lanes) that share their weights, each with its own lock: ``"main"`` for
+    analyses and quick maps, ``"slow"`` for the slow attributions (so a minute of occlusion never makes anyone's
+    forward pass wait), ``"restore"`` for computing again a slow map the cache evicted (so a visitor's restyle
+    never waits behind another visitor's occlusion, nor holds up anyone's forward pass).
     The architecture given at start gets the weights given at start; the others are seeded and untrained
-    (the banner says so). At most ``max_models`` stay in memory (about 250 MB each).
+    (the banner says so). At most ``max_models`` stay in memory (about 250 MB each, both lanes together).
+    ``results`` is the process-wide cache of the visitors' tensors.
     """
 
     def __init__(self, arch: str | None = None, weights: str = "imagenet", device: str = "auto", *,
-                 num_classes: int | None = None, labels: str | None = None, max_models: int = 3) -> None:
+                 num_classes: int | None = None, labels: str | None = None, max_models: int = 3,
+                 results_budget: int = RESULTS_BUDGET) -> None:
         self._weights, self._num_classes, self._labels = weights, num_classes, labels
         self._max = max_models
-        self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self._models: OrderedDict[tuple[str, str], dict[Lane, LoadedModel]] = OrderedDict()  # the lanes of a model
         self._lock = threading.Lock()
+        self.results = ResultCache(results_budget)
         first = load_model(arch, weights, device, num_classes=num_classes, labels=labels, fallback=True)
         self.default_key = (first.arch, str(first.device))
-        self._models[self.default_key] = first
+        self._models[self.default_key] = _lanes(first)
 
     @property
     def default(self) -> LoadedModel:
         return self.get(*self.default_key)
 
-    def get(self, arch: str, device: str) -> LoadedModel:
+    def get(self, arch: str, device: str, lane: Lane = "main") -> LoadedModel:
         key = (arch, device)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
-                return self._models[key]
+                return self._models[key][lane]
             if arch == self.default_key[0]:
                 loaded = load_model(arch, self._weights, device, num_classes=self._num_classes, labels=self._labels,
                                     fallback=True)
             else:  # no weights were given for it: ImageNet's where they exist, else untrained (the banner says)
                 loaded = load_model(arch, "imagenet", device, fallback=True)
-            self._models[key] = loaded
+            self._models[key] = _lanes(loaded)
             while len(self._models) > self._max:
                 oldest = next(k for k in self._models if k != self.default_key)
                 del self._models[oldest]
-            return loaded
+            return self._models[key][lane]
+
+
+def _lanes(loaded: LoadedModel) -> dict[Lane, LoadedModel]:
+    """All the replicas at once, as the model is loaded: before any request can have hooked it."""
+    return {lane: loaded if lane == "main" else replica(loaded) for lane in LANES}
+
+
+# -------------------------------------------------------------------------------------------------------
+# the cache of heavy tensors
+
+
+def _nbytes(value: Analysis | Attribution) -> int:
+    if isinstance(value, Attribution):
+        return value.heatmap.nbytes + value.raw.nbytes
+    tensors = [value.input, value.logits, value.probabilities, *value.activations.values()]
+    return sum(t.nbytes for t in tensors) + value.view.width * value.view.height * len(value.view.getbands())
+
+
+class ResultCache:
+    """Analyses and attribution maps by key, least recently used first out once their bytes pass ``budget``.
+
+    Thread-safe. Computing a missing value happens outside the cache's lock (a forward pass or a Captum call
+    must not make other visitors' look-ups wait); two requests missing the same key at once both compute it,
+    which gives the same tensors.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.misses = 0  # values computed again after an eviction: for tests and the load benchmark
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def put(self, key: Hashable, value: Analysis | Attribution) -> None:
+        size = _nbytes(value)
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._items[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.budget and len(self._items) > 1:  # the newest stays even if over budget
+                _, (_, evicted) = self._items.popitem(last=False)
+                self._bytes -= evicted
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit[0]
+            self.misses += 1
+        value = compute()
+        self.put(key, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+# -------------------------------------------------------------------------------------------------------
+# one visitor
+
+
+_TENSOR_FIELDS = {"heatmap", "raw"}
 
 
 @dataclass(frozen=True)
-class Session:
-    """One visitor's results: the analysis of their image, the attributions computed for it, and the
-    :class:`~alexnet_viz.export.Scene` that says what each panel on their screen shows (the Download
-    button writes exactly that). Immutable: every handler returns a new one."""
+class Recipe:
+    """An attribution without its tensors: how to compute it again (method, target, contrast, layer, options)
+    and what was reported the first time (seconds, steps, completeness gap), so a recomputed map shows the
+    same caption as the one it replaces."""
 
+    method: str
+    target: int
+    signed: bool
+    options: tuple[tuple[str, float | int], ...]
+    seconds: float
+    convergence_delta: float | None = None
+    layer: str | None = None
+    contrast: int | None = None
+    steps: int | None = None
+
+    @classmethod
+    def of(cls, attr: Attribution) -> Recipe:
+        meta = {f.name: getattr(attr, f.name) for f in fields(attr) if f.name not in _TENSOR_FIELDS}
+        return cls(**{**meta, "options": tuple(sorted(attr.options.items()))})
+
+    def compute(self, loaded: LoadedModel, x: torch.Tensor) -> Attribution:
+        target: int | Contrast = self.target if self.contrast is None else Contrast(self.target, self.contrast)
+        options: dict[str, Any] = dict(self.options)
+        fresh = attribute(loaded.module, x.to(loaded.device), self.method, target=target, layer=self.layer, **options)
+        return replace(fresh, seconds=self.seconds)  # the caption keeps the time the visitor waited
+
+
+def _pixels_to_input(loaded: LoadedModel) -> Callable[[Image.Image], torch.Tensor]:
+    """The tail of the model's preprocessing: a (S, S) RGB picture -> (3, S, S) normalised, the same operations
+    torchvision's ImageClassification applies after its resize and crop (uint8 -> /255 -> (x - mean) / std)."""
+    from torchvision.transforms import functional as F  # the functions the preset calls
+
+    def to_input(picture: Image.Image) -> torch.Tensor:
+        pixels = F.pil_to_tensor(picture)  # (3, S, S) uint8
+        return F.normalize(F.convert_image_dtype(pixels, torch.float), mean=list(loaded.mean), std=list(loaded.std))
+
+    return to_input
+
+
+class _Attributions(Mapping[str, Attribution]):
+    """A session's attributions by method: each map from the cache, computed again if it was evicted."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def __getitem__(self, method: str) -> Attribution:
+        return self._session.attribution(method)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._session.recipes)
+
+    def __len__(self) -> int:
+        return len(self._session.recipes)
+
+
+@dataclass(frozen=True, eq=False)
+class Session:
+    """One visitor's results: the picture the network saw, how each attribution was computed, and the
+    :class:`~alexnet_viz.export.Scene` that says what each panel on their screen shows (the Download button
+    writes exactly that). Immutable: every handler returns a new one.
+
+    ``analysis`` and ``attributions`` read the pool's :class:`ResultCache` and compute what it no longer holds,
+    on the main replica (a forward pass, a quick map) or, for a slow method, on the restore replica. Make one with
+    :meth:`start`.
+    """
+
+    pool: ModelPool = field(repr=False)
+    key: str  # this image's entries in the cache: a new one per analysed image
     arch: str
     device: str
-    analysis: Analysis
-    attributions: Mapping[str, Attribution] = field(default_factory=lambda: MappingProxyType({}))
+    view: Image.Image  # (S, S) RGB: what the network saw; the input is computed back from it
+    input: torch.Tensor | None  # kept only if the view does not give the input back bit for bit
+    timings: Mapping[str, float]
+    recipes: Mapping[str, Recipe] = field(default_factory=lambda: MappingProxyType({}))
     scene: Scene = field(default_factory=Scene)
 
+    @classmethod
+    def start(cls, pool: ModelPool, loaded: LoadedModel, analysis: Analysis) -> Session:
+        """A new session for ``analysis`` (made by ``analyze(loaded, ...)``), its tensors put in the cache."""
+        exact = torch.equal(_pixels_to_input(loaded)(analysis.view).unsqueeze(0), analysis.input)
+        session = cls(pool=pool, key=uuid.uuid4().hex, arch=analysis.arch, device=analysis.device,
+                      view=analysis.view, input=None if exact else analysis.input, timings=analysis.timings)
+        pool.results.put((session.key, "analysis"), analysis)
+        return session
+
+    def model(self, lane: Lane = "main") -> LoadedModel:
+        return self.pool.get(self.arch, self.device, lane)
+
+    def network_input(self) -> torch.Tensor:
+        """(1, 3, S, S): exactly the tensor the first forward pass was given."""
+        if self.input is not None:
+            return self.input
+        return _pixels_to_input(self.model())(self.view).unsqueeze(0)
+
+    @property
+    def analysis(self) -> Analysis:
+        return self.pool.results.get_or_compute((self.key, "analysis"), self._analyse_again)
+
+    def _analyse_again(self) -> Analysis:
+        x = self.network_input()
+        loaded = replace(self.model(), transform=lambda _picture: x[0])  # the same module, lock and hooks
+        return replace(analyze(loaded, self.view), timings=self.timings)  # the first pass's timings stay
+
+    @property
+    def attributions(self) -> Mapping[str, Attribution]:
+        return _Attributions(self)
+
+    def attribution(self, method: str) -> Attribution:
+        recipe = self.recipes[method]
+        lane: Lane = "restore" if METHODS[method].slow else "main"
+        return self.pool.results.get_or_compute((self.key, recipe),
+                                                lambda: recipe.compute(self.model(lane), self.network_input()))
+
     def with_attribution(self, attr: Attribution) -> Session:
-        return replace(self, attributions=MappingProxyType({**self.attributions, attr.method: attr}))
+        recipe = Recipe.of(attr)
+        self.pool.results.put((self.key, recipe), attr)
+        return replace(self, recipes=MappingProxyType({**self.recipes, attr.method: recipe}))
 
     def with_scene(self, **changes: Any) -> Session:
         return replace(self, scene=replace(self.scene, **changes))

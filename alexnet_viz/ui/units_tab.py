@@ -38,6 +38,7 @@ from ..model import LoadedModel
 from ..walkthrough import Walkthrough, conv1_position, walkthrough
 from . import handlers as H
 from .files import as_png_files
+from .server import INSTANT
 from .state import ModelPool, Session
 
 __all__ = ["STEPS", "UnitsHandlers", "add_inside_tab", "add_units_tab", "use_gallery"]
@@ -600,7 +601,7 @@ def add_units_tab(page: Any, h: H.Handlers, pool: ModelPool, *, units: UnitsHand
     on([c["units_unit"].release], H.friendly("finding dataset examples")(u.examples), pick_in, pick_out,
        api_visibility="private", trigger_mode="always_last")
     on([c["units_unit"].release, c["units_class"].input], lambda: {"units_trained": None, "units_untrained": None},
-       [], ["units_trained", "units_untrained"], api_visibility="private", queue=False)
+       [], ["units_trained", "units_untrained"], api_visibility="private", **INSTANT)
 
     def visualise(session: Any, arch: str, device: str, objective: str, layer: str, unit: Any, klass: Any, steps: Any,
                   progress: gr.Progress = gr.Progress()) -> Iterator[dict[str, Any]]:  # noqa: B008
