@@ -663,12 +663,6 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
 
     plan = plan_training(len(train_set), config, pretrained=init.state is not None)
     log(plan.describe())
-    if test_base is None:  # a folder: are there images enough in every class?
-        counts, train_counts = _class_counts(base, range(n), classes), _class_counts(base, train_idx, classes)
-    else:  # the datasets bring thousands a class
-        counts, train_counts = {}, {}
-    for text in _data_warnings(plan, counts, train_counts):
-        _warn(text)
 
     loader_args: dict[str, Any] = {"batch_size": plan.batch_size, "collate_fn": _collate, "num_workers": 0}
     train_loader = DataLoader(train_set, shuffle=True, generator=generator, drop_last=False, **loader_args)
@@ -725,6 +719,12 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
                             f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}); delete it, or train "
                             "again without --resume.") from e
         log(f"resuming after epoch {start_epoch}")
+    if test_base is None:  # a folder: are there images enough in every class?
+        counts, train_counts = _class_counts(base, range(n), classes), _class_counts(base, train_idx, classes)
+    else:  # the datasets bring thousands a class
+        counts, train_counts = {}, {}
+    for text in _data_warnings(plan, counts, train_counts):  # after every error: a run that fails says one thing
+        _warn(text)
 
     conv1 = getattr(model, "conv1", None)
     snapshots_path = out / SNAPSHOTS_FILE
