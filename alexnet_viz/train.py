@@ -674,8 +674,13 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
     frozen = frozen_layers(model) if freeze == "features" else []
     for name in frozen:
         getattr(model, name).requires_grad_(False)
+    learned = [name for name in frozen if any(True for _ in getattr(model, name).parameters())]  # not pools
     log(f"starting from {'the seeded initialisation' if init.name == 'none' else init.name}; "
-        + (f"fixed: {', '.join(frozen)}; the rest learns" if frozen else "every layer learns"))
+        + (f"fixed: {', '.join(learned)}; the rest learns" if frozen else "every layer learns"))
+    auto = config.init.strip().lower() == "auto"
+    if init.name == "none" and auto and ARCHITECTURES[config.arch].has_imagenet_weights:
+        log("the ImageNet weights are not cached, so this starts from scratch; run `alexnet-viz weights fetch` "
+            "while online to fine-tune them instead (transfer learning: far better on a small folder)")
     model = model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if plan.optimizer == "adam":

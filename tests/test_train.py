@@ -477,8 +477,8 @@ def test_snapshots_every_k_steps_and_their_animation(stripes: Path, tmp_path: Pa
                  "--batch-size", "8", "--snapshots", "4"]) == 0
     snaps = read_snapshots(out)
     assert [s for s, _, _ in snaps] == [0, 4, 8, 12, 16]
-    assert snaps[0][2] is None and all(0 <= a <= 1 for _, _, a in snaps[1:])
-    initial = build_model("cifar", num_classes=2, seed=0).conv1.weight
+    assert snaps[0][2] is None and all(a is not None and 0 <= a <= 1 for _, _, a in snaps[1:])
+    initial = build_model("cifar", num_classes=2, seed=0).state_dict()["conv1.weight"]
     assert torch.equal(snaps[0][1], initial)  # step 0 is the seeded initialisation
     assert torch.equal(snaps[-1][1], load_file(str(out / "model.safetensors"))["conv1.weight"])  # the last, the end
     for (_, a, _), (_, b, _) in itertools.pairwise(snaps):
@@ -486,9 +486,10 @@ def test_snapshots_every_k_steps_and_their_animation(stripes: Path, tmp_path: Pa
     frames_dir = tmp_path / "frames"
     assert main(["filters-gif", str(out), "--out", str(tmp_path / "f.gif"), "--frames", str(frames_dir)]) == 0
     with Image.open(tmp_path / "f.gif") as gif:
-        assert gif.n_frames == 5
-        frames = []
-        for i in range(gif.n_frames):
+        count = getattr(gif, "n_frames", 1)
+        assert count == 5
+        frames: list[np.ndarray] = []
+        for i in range(count):
             gif.seek(i)
             frames.append(np.asarray(gif.convert("RGB")))
     assert (out / "filters.gif").is_file()  # train wrote one too
@@ -497,5 +498,5 @@ def test_snapshots_every_k_steps_and_their_animation(stripes: Path, tmp_path: Pa
     from alexnet_viz.render import label
 
     grid_top = label(Image.new("RGB", (1, 1)), "step").height - 1  # the caption's height: the grid is below it
-    for a, b in itertools.pairwise(frames):
-        assert a.shape == b.shape and not np.array_equal(a[grid_top:], b[grid_top:])  # the filters moved
+    for before, after in itertools.pairwise(frames):  # the filters moved, not only the caption
+        assert before.shape == after.shape and not np.array_equal(before[grid_top:], after[grid_top:])
