@@ -500,3 +500,40 @@ def test_snapshots_every_k_steps_and_their_animation(stripes: Path, tmp_path: Pa
     grid_top = label(Image.new("RGB", (1, 1)), "step").height - 1  # the caption's height: the grid is below it
     for before, after in itertools.pairwise(frames):  # the filters moved, not only the caption
         assert before.shape == after.shape and not np.array_equal(before[grid_top:], after[grid_top:])
+
+
+def test_frozen_batchnorm_keeps_its_statistics(tmp_path: Path) -> None:
+    """--init FILE --freeze features on the BatchNorm variant: the running means and variances, not only the
+    weights, come out bit for bit as they went in (fixed layers run in eval mode while the rest trains)."""
+    from safetensors.torch import save_file
+
+    start = build_model("bn", num_classes=5, seed=3)
+    with torch.no_grad():  # statistics that training in train mode would certainly move
+        start.bn1.running_mean.uniform_(-1, 1)
+        start.bn2.running_var.uniform_(0.5, 2)
+    path = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in start.state_dict().items()}, str(path))
+    folder = _tinted_folder(tmp_path / "tinted", 6, seed=1)
+    out = tmp_path / "bn"
+    assert main(["train", "--arch", "bn", "--data", str(folder), "--out", str(out), "--init", str(path),
+                 "--epochs", "1", "--val-fraction", "0.2", "--test-fraction", "0.2"]) == 0
+    saved = load_file(str(out / "model.safetensors"))
+    before = start.state_dict()
+    fixed = [k for k in saved if k.split(".")[0] in _frozen_layers_of("bn")]
+    assert any("running_mean" in k for k in fixed) and any(k.startswith("conv5.") for k in fixed)
+    for key in fixed:
+        assert torch.equal(saved[key], before[key]), key
+    assert not torch.equal(saved["fc7.weight"], before["fc7.weight"])  # the FC layers did train (default freeze)
+    assert saved["fc8.weight"].shape[0] == 2
+
+
+def _frozen_layers_of(arch: str) -> list[str]:
+    from alexnet_viz.train import frozen_layers
+
+    return frozen_layers(build_model(arch, num_classes=2))
+
+
+def test_filters_gif_without_snapshots_is_one_sentence(run, capsys) -> None:
+    assert main(["filters-gif", str(run.out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--snapshots" in err
