@@ -537,3 +537,16 @@ def test_filters_gif_without_snapshots_is_one_sentence(run, capsys) -> None:
     assert main(["filters-gif", str(run.out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "--snapshots" in err
+
+
+def test_resumed_snapshots_carry_on_from_the_checkpoint(stripes: Path, tmp_path: Path) -> None:
+    from alexnet_viz.train import read_snapshots
+
+    flags = ["train", "--arch", "cifar", "--data", str(stripes), "--out", str(tmp_path), "--batch-size", "8",
+             "--snapshots", "4", "--no-augment"]
+    assert main([*flags, "--epochs", "1"]) == 0  # 8 steps: 0, 4, 8
+    assert [s for s, _, _ in read_snapshots(tmp_path)] == [0, 4, 8]
+    assert main([*flags, "--epochs", "2", "--resume"]) == 0  # 8 more
+    snaps = read_snapshots(tmp_path)
+    assert [s for s, _, _ in snaps] == [0, 4, 8, 12, 16]
+    assert torch.equal(snaps[-1][1], load_file(str(tmp_path / "model.safetensors"))["conv1.weight"])
