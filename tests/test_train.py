@@ -397,6 +397,7 @@ def stand_in_imagenet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[s
     return state  # our layer names
 
 
+@pytest.mark.slow  # 20 s on 2 quiet cores: every step updates fc6 and fc7's 54 M parameters
 def test_transfer_learning_keeps_the_features_and_learns_the_head(
         stand_in_imagenet: dict[str, torch.Tensor], tmp_path: Path) -> None:
     from alexnet_viz.train import frozen_layers
