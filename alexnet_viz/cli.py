@@ -261,20 +261,35 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import DataError, TrainConfig, train
+def train_config(args: argparse.Namespace):
+    """The TrainConfig that `alexnet-viz train`'s parsed flags ask for (a flag left out: None, chosen from the data)."""
+    from .train import TrainConfig
 
-    config = TrainConfig(arch=args.arch, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, optimizer=args.optimizer, augment=not args.no_augment, seed=args.seed,
-                         device=args.device, resume=args.resume, input_size=args.input_size,
-                         num_classes=args.num_classes, val_fraction=args.val_fraction)
+    return TrainConfig(arch=args.arch, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, optimizer=args.optimizer, augment=not args.no_augment, seed=args.seed,
+                       device=args.device, resume=args.resume, input_size=args.input_size,
+                       num_classes=args.num_classes, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                       init=args.init, freeze=args.freeze, snapshots=args.snapshots)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import DataError, train
+
     try:
-        result = train(config, progress=sys.stderr.isatty())
+        result = train(train_config(args), progress=sys.stderr.isatty())
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"test accuracy {result.test_accuracy:.2%} after {len(result.history)} epochs in {result.seconds:.0f} s; "
           f"weights in {result.out / 'model.safetensors'}")
+    return 0
+
+
+def _cmd_filters_gif(args: argparse.Namespace) -> int:
+    from .train import filters_animation
+
+    path = filters_animation(args.run, args.out, frames_dir=args.frames, duration_ms=args.duration)
+    print(path)
     return 0
 
 
@@ -364,18 +379,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="an image folder (one sub-folder per class), cifar10 or "
                                                 "fashion-mnist (Debian's dataset-fashion-mnist package)")
     p.add_argument("--out", required=True, help="output folder: model.safetensors, model.json, curves.png")
-    p.add_argument("--epochs", type=_int_in(1), default=3)
-    p.add_argument("--batch-size", type=_int_in(1), default=128)
-    p.add_argument("--lr", type=_float_in(0.0), default=0.05, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--epochs", type=_int_in(1), default=None,
+                   help="default: enough for at least 200 optimizer steps (at least 3)")
+    p.add_argument("--batch-size", type=_int_in(1), default=None,
+                   help="default: a tenth of the training images, between 4 and 128")
+    p.add_argument("--lr", type=_float_in(0.0), default=None,
+                   help="peak learning rate of the one-cycle schedule (default: SGD 0.05 at batch 128, scaled by "
+                        "sqrt(batch/128); Adam 1e-3; a fifth of that from trained weights)")
+    p.add_argument("--optimizer", choices=["auto", "sgd", "adam"], default="auto",
+                   help="default: adam below 10,000 training images, sgd (momentum 0.9) above")
+    p.add_argument("--init", default="auto", metavar="imagenet|none|FILE",
+                   help="start weights: 'imagenet' (torchvision architecture; downloaded when online), 'none' "
+                        "(seeded) or a weights file; the last layer is always new, sized for the data's classes "
+                        "(default: imagenet for --arch torchvision when the weights are cached, else none)")
+    p.add_argument("--freeze", choices=["auto", "features", "none"], default="auto",
+                   help="'features': the layers before the fully connected ones stay fixed (default when "
+                        "starting from trained weights); 'none': every layer learns")
+    p.add_argument("--snapshots", type=_int_in(0), default=0, metavar="K",
+                   help="save conv1 every K optimizer steps (OUT/snapshots.safetensors) and draw OUT/filters.gif")
     p.add_argument("--no-augment", action="store_true", help="no random crops and flips")
     p.add_argument("--val-fraction", type=_float_in(0.0, 0.5), default=0.1)
+    p.add_argument("--test-fraction", type=_float_in(0.0, 0.5), default=0.1,
+                   help="image folders only; the datasets bring their own test split")
     p.add_argument("--input-size", type=_int_in(1), default=None)
     p.add_argument("--num-classes", type=_int_in(2), default=None)
     p.add_argument("--seed", type=_int_in(0), default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("filters-gif", help="conv1's filters over training as an animated GIF, from a run that "
+                                           "`train --snapshots K` wrote")
+    p.add_argument("run", help="the run folder (or its snapshots.safetensors)")
+    p.add_argument("--out", default=None, help="GIF to write (default: RUN/filters.gif)")
+    p.add_argument("--frames", default=None, metavar="DIR", help="also write each frame as a PNG into DIR")
+    p.add_argument("--duration", type=_int_in(20), default=250, help="milliseconds a frame")
+    p.set_defaults(func=_cmd_filters_gif)
 
     # `alexnet-viz bench ...` hands every argument to the checkout's benchmarks.main (see _bench); listed for --help.
     sub.add_parser("bench", help="run the benchmark (needs the repository checkout; same flags as "

@@ -8,6 +8,13 @@ with its own class names, input size and normalisation::
     runs/fmnist/model.json          the model card: arch, input size, classes, mean/std, metrics
     runs/fmnist/curves.png          loss and accuracy per epoch
     runs/fmnist/checkpoint.pt       model + optimiser + history, for --resume (weights_only-loadable)
+    runs/fmnist/snapshots.safetensors   conv1 every K optimizer steps (--snapshots K), and filters.gif from them
+
+Batch size, learning rate and epochs that are not given are chosen from the data's size (:func:`plan_training`)
+so that a folder of 80 photos gets as many optimizer steps as Fashion-MNIST does. ``init`` starts from the
+ImageNet weights (torchvision architecture), a weights file or the seeded initialisation; the classifier's last
+layer is always new, sized for the data's classes, and ``freeze="features"`` keeps every layer before it
+that is not a fully connected one exactly as loaded (transfer learning).
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from .images import MAX_BYTES, ImageError, load_image
 from .model import resolve_device
 from .weights import WeightsError
 
-__all__ = ["DataError", "TrainConfig", "TrainResult", "train"]
+__all__ = ["DataError", "TrainConfig", "TrainPlan", "TrainResult", "filters_animation", "frozen_layers",
+           "plan_training", "read_snapshots", "train"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -54,10 +62,13 @@ class TrainConfig:
     arch: str = "cifar"
     data: str = "fashion-mnist"  # an image folder, "cifar10" or "fashion-mnist"
     out: str = "runs/run"
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 0.05  # the one-cycle schedule's peak
-    optimizer: str = "sgd"  # "sgd" (momentum 0.9, seeds 000/003) or "adam" (seed 002: 1e-4)
+    epochs: int | None = None  # None: chosen from the data's size (plan_training)
+    batch_size: int | None = None  # None: chosen from the data's size
+    lr: float | None = None  # the one-cycle schedule's peak; None: chosen from the batch size and the init
+    optimizer: str = "auto"  # "sgd" (momentum 0.9, seeds 000/003), "adam" (seed 002); "auto": from the data's size
+    init: str = "auto"  # "imagenet", "none", a weights file; "auto": imagenet where cached (torchvision), else none
+    freeze: str = "auto"  # "features" or "none"; "auto": features when starting from trained weights
+    snapshots: int = 0  # save conv1 every this many optimizer steps (0: never)
     augment: bool = True
     val_fraction: float = 0.1
     test_fraction: float = 0.1  # image folders only; the datasets bring their own test split
@@ -78,6 +89,94 @@ class TrainResult:
     skipped_images: int
     seconds: float
     card: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# the schedule, from the data's size
+
+MIN_STEPS = 200  # optimizer steps a run makes at the least, when the epochs are left to us
+MIN_STEPS_PER_EPOCH = 10  # ... and per epoch, when the batch size is
+MAX_BATCH, MIN_BATCH = 128, 4
+ADAM_BELOW = 10_000  # fewer training images than this: Adam, which leaves the plateau in a few hundred steps
+SGD_LR = 0.05  # the one-cycle peak for SGD at batch MAX_BATCH (the Fashion-MNIST recipe); sqrt-scaled below it
+ADAM_LR = 1e-3
+PRETRAINED_LR_FACTOR = 0.2  # weights that already mean something are fine-tuned, not thrown about
+FEW_PER_CLASS = 10  # fewer images than this in a class: the run is warned that it may learn nothing
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """The schedule a run makes: what was given, and what was chosen from the data's size."""
+
+    train_size: int
+    optimizer: str
+    batch_size: int
+    lr: float
+    epochs: int
+    steps_per_epoch: int
+    chosen: tuple[str, ...]  # the settings chosen here ("batch_size", "lr", "epochs"), the others were given
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def describe(self) -> str:
+        chosen = f"; chosen from the data: {', '.join(c.replace('_', ' ') for c in self.chosen)}" if self.chosen else ""
+        return (f"{self.train_size} training images: batch {self.batch_size}, {self.steps_per_epoch} steps an epoch, "
+                f"{self.epochs} epochs = {self.total_steps} optimizer steps, peak learning rate {self.lr:g} "
+                f"({self.optimizer}, one-cycle){chosen}")
+
+
+def plan_training(train_size: int, config: TrainConfig, *, pretrained: bool = False) -> TrainPlan:
+    """Optimizer, batch size, peak learning rate and epochs for ``train_size`` training images; what the config
+    gives wins.
+
+    The optimizer is Adam below 10,000 training images (SGD from scratch sat on the loss plateau for most of a
+    200-step run on 64 images, or diverged at 0.05), SGD with momentum above. The batch is a tenth of the
+    training set, between 4 and 128, so an epoch makes at least 10 optimizer steps where the data allows; the
+    epochs (at least 3) bring the run to at least 200 steps. The peak is 1e-3 for Adam, and for SGD 0.05 at
+    batch 128 scaled by sqrt(batch / 128); a fifth of that when starting from trained weights. Fashion-MNIST
+    (54,000 training images) gets SGD, batch 128, 0.05 and 3 epochs: the old defaults.
+    """
+    chosen = []
+    optimizer = config.optimizer
+    if optimizer == "auto":
+        optimizer = "adam" if train_size < ADAM_BELOW else "sgd"
+        chosen.append("optimizer")
+    batch = config.batch_size
+    if batch is None:
+        batch = min(MAX_BATCH, max(MIN_BATCH, train_size // MIN_STEPS_PER_EPOCH))
+        chosen.append("batch_size")
+    steps_per_epoch = max(1, math.ceil(train_size / batch))
+    lr = config.lr
+    if lr is None:
+        base = ADAM_LR if optimizer == "adam" else SGD_LR * math.sqrt(min(batch, MAX_BATCH) / MAX_BATCH)
+        lr = float(f"{base * (PRETRAINED_LR_FACTOR if pretrained else 1.0):.3g}")
+        chosen.append("lr")
+    epochs = config.epochs
+    if epochs is None:
+        epochs = max(3, math.ceil(MIN_STEPS / steps_per_epoch))
+        chosen.append("epochs")
+    return TrainPlan(train_size, optimizer, batch, lr, epochs, steps_per_epoch, tuple(chosen))
+
+
+def _data_warnings(plan: TrainPlan, counts: dict[str, int], train_counts: dict[str, int]) -> list[str]:
+    """Sentences for a run the data cannot support: too few images in a class, too few optimizer steps."""
+    warnings = []
+    few = {name: n for name, n in counts.items() if n < FEW_PER_CLASS}
+    if few:
+        shown = ", ".join(f"{name!r} {n}" for name, n in sorted(few.items(), key=lambda kv: kv[1])[:5])
+        warnings.append(f"too few images in {len(few)} class(es) ({shown}): with under {FEW_PER_CLASS} a class the "
+                        "network may learn nothing and the test accuracy means little; add images")
+    missing = [name for name, n in train_counts.items() if n == 0]
+    if missing:
+        warnings.append(f"no training image of class(es) {', '.join(map(repr, missing[:5]))}: the network "
+                        "cannot learn them")
+    if plan.total_steps < MIN_STEPS:
+        warnings.append(f"this run makes only {plan.total_steps} optimizer steps ({plan.epochs} epochs of "
+                        f"{plan.steps_per_epoch}); with so few it may learn nothing - leave --batch-size and "
+                        "--epochs out to have them chosen from the data, or give a smaller batch or more epochs")
+    return warnings
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,10 +349,16 @@ def _check_config(config: TrainConfig) -> None:
 
     if config.arch not in ARCHITECTURES:
         raise DataError(f"Unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
-    if config.epochs < 1 or config.batch_size < 1:
+    if (config.epochs is not None and config.epochs < 1) or (config.batch_size is not None and config.batch_size < 1):
         raise DataError("Epochs and batch size must be at least 1.")
-    if not (math.isfinite(config.lr) and config.lr > 0):
+    if config.lr is not None and not (math.isfinite(config.lr) and config.lr > 0):
         raise DataError(f"The learning rate must be a positive number, not {config.lr}.")
+    if config.optimizer not in ("auto", "sgd", "adam"):
+        raise DataError(f"Unknown optimizer {config.optimizer!r}; use sgd or adam.")
+    if config.freeze not in ("auto", "features", "none"):
+        raise DataError(f"Unknown --freeze {config.freeze!r}; use features or none.")
+    if config.snapshots < 0:
+        raise DataError(f"--snapshots must be 0 (none) or a number of steps, not {config.snapshots}.")
     for name, fraction in (("validation", config.val_fraction), ("test", config.test_fraction)):
         if not 0 < fraction < 0.5:
             raise DataError(f"The {name} fraction must be between 0 and 0.5, not {fraction}.")
@@ -343,10 +448,176 @@ def _plot(history: list[dict[str, float]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
-    """Train ``config.arch`` on ``config.data``; write weights, model card, curves and a resumable checkpoint."""
+# --------------------------------------------------------------------------------------------------
+# where the weights start, and what stays fixed
+
+
+@dataclass(frozen=True)
+class _Init:
+    name: str  # "imagenet", "none" or the file's path: for the log and the model card
+    state: dict[str, torch.Tensor] | None  # our key names, without the classifier's last layer
+    mean: tuple[float, ...] | None  # the normalisation the weights were trained with, if known
+    std: tuple[float, ...] | None
+
+
+HEAD = "fc8"  # the classifier's last layer: always new, sized for the data's classes
+
+
+def _resolve_init(config: TrainConfig) -> _Init:
+    """The weights a run starts from. ``auto`` is the ImageNet checkpoint for the torchvision architecture when
+    it is in torch's hub cache (never downloaded unasked), the seeded initialisation otherwise."""
+    from . import weights as w
+    from .model import read_card
+
+    spec = ARCHITECTURES[config.arch]
+    word = config.init.strip().lower()
+    if word == "auto":
+        word = "imagenet" if spec.has_imagenet_weights and w.cached_imagenet_path().is_file() else "none"
+    source = w.parse_source(word if word in ("imagenet", "none") else config.init)
+    if isinstance(source, w.Untrained):
+        return _Init("none", None, None, None)
+    if isinstance(source, w.ImageNet):
+        if not spec.has_imagenet_weights:
+            raise DataError(f"--init imagenet needs --arch torchvision, the only architecture with ImageNet weights; "
+                            f"train {config.arch} from scratch with --init none.")
+        try:
+            state = w.imagenet_state_dict(download=True)
+        except WeightsError as e:
+            raise DataError(f"{str(e).removesuffix('.').replace(', or pass --weights FILE', '')}, or train from "
+                            "scratch with --init none.") from e
+        transform = w.IMAGENET.transforms()
+        name = "imagenet"
+        mean: tuple[float, ...] | None = tuple(transform.mean)
+        std: tuple[float, ...] | None = tuple(transform.std)
+    else:
+        state = w.load_state_dict_file(source.path)
+        card = read_card(source.path)
+        if card is not None and card.get("arch") != config.arch:
+            raise DataError(f"--init {source.path.name} was trained as {card.get('arch')!r}, not {config.arch!r}; "
+                            f"pass --arch {card.get('arch')}.")
+        has_norm = card is not None and "mean" in card and "std" in card
+        name = str(source.path)
+        mean = tuple(float(v) for v in card["mean"]) if card is not None and has_norm else None
+        std = tuple(float(v) for v in card["std"]) if card is not None and has_norm else None
+    state = w.canonical_keys(state)
+    w.check_finite(state, name)
+    return _Init(name, {k: v for k, v in state.items() if not k.startswith(f"{HEAD}.")}, mean, std)
+
+
+def _load_init(model: nn.Sequential, init: _Init) -> None:
+    """Put the start weights into ``model``, all but its new last layer (names and shapes checked)."""
+    from .weights import match_state_dict
+
+    if init.state is None:
+        return
+    head = {k: v for k, v in model.state_dict().items() if k.startswith(f"{HEAD}.")}
+    try:
+        model.load_state_dict(match_state_dict({**init.state, **head}, model), strict=True)
+    except WeightsError as e:
+        raise DataError(f"--init {init.name}: {e}") from e
+
+
+def frozen_layers(model: nn.Sequential) -> list[str]:
+    """The layers ``freeze="features"`` keeps fixed: every one before the flatten (convolutions, pooling, norms)."""
+    names = [name for name, _ in model.named_children()]
+    return names[: names.index("flatten")] if "flatten" in names else []
+
+
+# --------------------------------------------------------------------------------------------------
+# conv1 over time
+
+
+SNAPSHOTS_FILE = "snapshots.safetensors"
+
+
+def _save_snapshots(path: Path, snaps: list[tuple[int, torch.Tensor, float | None]], every: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"step_{step:08d}": weight.contiguous() for step, weight, _ in snaps}
+    meta = {"every": str(every), "steps": json.dumps([s for s, _, _ in snaps]),
+            "accuracy": json.dumps([a for _, _, a in snaps])}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def read_snapshots(run: str | os.PathLike[str]) -> list[tuple[int, torch.Tensor, float | None]]:
+    """(optimizer step, conv1 weight, training accuracy over the steps since the last snapshot or None) from a run
+    folder that ``train(snapshots=K)`` wrote (or the snapshots file itself), in step order."""
+    from safetensors import safe_open
+
+    path = Path(run)
+    path = path / SNAPSHOTS_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise DataError(f"There are no filter snapshots at {path}; train with --snapshots K to record them.")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            steps, accuracy = json.loads(meta["steps"]), json.loads(meta["accuracy"])
+            return [(int(s), f.get_tensor(f"step_{int(s):08d}"), a) for s, a in zip(steps, accuracy, strict=True)]
+    except Exception as e:  # safetensors, JSON and key errors of a damaged or foreign file
+        raise DataError(f"{path} is not a filter-snapshot file alexnet-viz wrote ({type(e).__name__}).") from e
+
+
+def filters_animation(run: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
+                      frames_dir: str | os.PathLike[str] | None = None, duration_ms: int = 250) -> Path:
+    """An animated GIF of conv1's filters over training, one frame per snapshot with its step and accuracy drawn
+    above the grid (``render.filter_grid`` and ``render.label``); ``frames_dir`` also gets each frame as a PNG.
+    Returns the GIF's path (default: ``filters.gif`` in the run folder)."""
+    from .render import filter_grid, label
+
+    snaps = read_snapshots(run)
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+    target = Path(out) if out is not None else run_dir / "filters.gif"
+    k = int(snaps[0][1].shape[-1])
+    frames = []
+    for step, weight, acc in snaps:
+        text = f"step {step}: " + ("before training" if acc is None else f"train accuracy {acc:.0%}")
+        frames.append(label(filter_grid(weight.float().numpy(), scale=max(2, 48 // k)), text))
+    width, height = max(f.width for f in frames), max(f.height for f in frames)  # a longer caption widens one
+    frames = [_padded(f, width, height) for f in frames]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(target, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0, optimize=False)
+    if frames_dir is not None:
+        folder = Path(frames_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for (step, _, _), frame in zip(snaps, frames, strict=True):
+            frame.save(folder / f"step_{step:08d}.png")
+    return target
+
+
+def _padded(image: Any, width: int, height: int) -> Any:
+    from PIL import Image
+
+    if image.size == (width, height):
+        return image
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    canvas.paste(image, ((width - image.width) // 2, 0))
+    return canvas
+
+
+# --------------------------------------------------------------------------------------------------
+# the run
+
+
+def _class_counts(base: Any, indices: Sequence[int], classes: Sequence[str]) -> dict[str, int]:
+    targets = getattr(base, "targets", None)
+    counts = dict.fromkeys(classes, 0)
+    if targets is None:
+        return counts
+    for i in indices:
+        counts[classes[int(targets[i])]] += 1
+    return counts
+
+
+def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print,
+          warn: Callable[[str], None] | None = None) -> TrainResult:
+    """Train ``config.arch`` on ``config.data``; write weights, model card, curves and a resumable checkpoint.
+
+    Warnings (too few images in a class, too few optimizer steps) go to ``warn`` (default: stderr)."""
     from safetensors.torch import save_file
     from tqdm import tqdm
+
+    def _warn(text: str) -> None:
+        (warn or (lambda t: print(f"WARNING: {t}", file=sys.stderr)))(text)
 
     _check_config(config)
     out = _output_folder(Path(config.out))
@@ -356,6 +627,8 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
     root = Path(os.path.expanduser(config.data_root))
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
+    init = _resolve_init(config)
+    freeze = config.freeze if config.freeze != "auto" else ("features" if init.state is not None else "none")
 
     # Data: a train/val split (and a test split for folders), each with its own transform.
     if config.data == "fashion-mnist":
@@ -375,7 +648,10 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
     order = torch.randperm(n, generator=generator).tolist()
     n_train = n - n_val - n_test
     train_idx, val_idx, test_idx = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
-    mean, std = _stats(base, train_idx, size)
+    if init.mean is not None and init.std is not None:  # trained weights expect their own normalisation
+        mean, std = [round(v, 4) for v in init.mean], [round(v, 4) for v in init.std]
+    else:
+        mean, std = _stats(base, train_idx, size)
     train_tf, eval_tf = _transforms(size, mean, std, augment=config.augment)
     train_set = _Transformed(base, train_idx, train_tf)
     val_set = _Transformed(base, val_idx, eval_tf)
@@ -385,21 +661,35 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
     if num_classes != len(classes):
         raise DataError(f"The data has {len(classes)} classes but --num-classes says {num_classes}.")
 
-    loader_args: dict[str, Any] = {"batch_size": config.batch_size, "collate_fn": _collate, "num_workers": 0}
+    plan = plan_training(len(train_set), config, pretrained=init.state is not None)
+    log(plan.describe())
+
+    loader_args: dict[str, Any] = {"batch_size": plan.batch_size, "collate_fn": _collate, "num_workers": 0}
     train_loader = DataLoader(train_set, shuffle=True, generator=generator, drop_last=False, **loader_args)
     val_loader = DataLoader(val_set, **loader_args)
     test_loader = DataLoader(test_set, **loader_args)
 
-    model = build_model(config.arch, num_classes=num_classes, seed=config.seed).to(device)
-    if config.optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    elif config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=5e-4)
+    model = build_model(config.arch, num_classes=num_classes, seed=config.seed)
+    _load_init(model, init)
+    frozen = frozen_layers(model) if freeze == "features" else []
+    for name in frozen:
+        getattr(model, name).requires_grad_(False)
+    learned = [name for name in frozen if any(True for _ in getattr(model, name).parameters())]  # not pools
+    log(f"starting from {'the seeded initialisation' if init.name == 'none' else init.name}; "
+        + (f"fixed: {', '.join(learned)}; the rest learns" if frozen else "every layer learns"))
+    auto = config.init.strip().lower() == "auto"
+    if init.name == "none" and auto and ARCHITECTURES[config.arch].has_imagenet_weights:
+        log("the ImageNet weights are not cached, so this starts from scratch; run `alexnet-viz weights fetch` "
+            "while online to fine-tune them instead (transfer learning: far better on a small folder)")
+    model = model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if plan.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(trainable, lr=plan.lr)
     else:
-        raise DataError(f"Unknown optimizer {config.optimizer!r}; use sgd or adam.")
+        optimizer = torch.optim.SGD(trainable, lr=plan.lr, momentum=0.9, weight_decay=5e-4)
     # One cycle: a linear warm-up over 15% of the steps, then cosine decay. A function of the step only,
     # so a resumed run (even one given more epochs) picks the curve up where the step count stands.
-    total = config.epochs * math.ceil(len(train_set) / config.batch_size)
+    total = plan.total_steps
     warm = max(1, round(0.15 * total))
 
     def one_cycle(step: int) -> float:
@@ -434,11 +724,30 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
                             f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}); delete it, or train "
                             "again without --resume.") from e
         log(f"resuming after epoch {start_epoch}")
+    if test_base is None:  # a folder: are there images enough in every class?
+        counts, train_counts = _class_counts(base, range(n), classes), _class_counts(base, train_idx, classes)
+    else:  # the datasets bring thousands a class
+        counts, train_counts = {}, {}
+    for text in _data_warnings(plan, counts, train_counts):  # after every error: a run that fails says one thing
+        _warn(text)
 
-    for epoch in range(start_epoch, config.epochs):
+    conv1 = getattr(model, "conv1", None)
+    snapshots_path = out / SNAPSHOTS_FILE
+    snaps: list[tuple[int, torch.Tensor, float | None]] = []
+    if config.snapshots and isinstance(conv1, nn.Conv2d):
+        step_now = int(scheduler.last_epoch)
+        if config.resume and snapshots_path.is_file():
+            snaps = [s for s in read_snapshots(snapshots_path) if s[0] <= step_now]
+        if not snaps:
+            snaps = [(step_now, conv1.weight.detach().cpu().clone(), None)]
+    window_correct, window_count = 0, 0  # training accuracy since the last snapshot
+
+    for epoch in range(start_epoch, plan.epochs):
         model.train()
+        for name in frozen:  # fixed layers stay in eval mode: no BatchNorm statistics drift, no dropout
+            getattr(model, name).eval()
         loss_sum, correct, count = 0.0, 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress,
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{plan.epochs}", unit="batch", disable=not progress,
                    leave=False)
         for batch in bar:
             if batch is None:
@@ -450,9 +759,15 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
             loss.backward()
             optimizer.step()
             scheduler.step()
+            hits = int((logits.argmax(1) == y).sum())
             loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            correct += hits
             count += len(y)
+            window_correct, window_count = window_correct + hits, window_count + len(y)
+            if snaps and scheduler.last_epoch % config.snapshots == 0 and isinstance(conv1, nn.Conv2d):
+                snaps.append((int(scheduler.last_epoch), conv1.weight.detach().cpu().clone(),
+                              round(window_correct / max(window_count, 1), 5)))
+                window_correct, window_count = 0, 0
             bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.1%}")
         val_loss, val_acc = _evaluate(model, val_loader, device)
         row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(count, 1), 5),
@@ -464,6 +779,8 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
         torch.save({"arch": config.arch, "epoch": epoch + 1, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "generator": generator.get_state(), "history": history}, checkpoint_path)
+        if snaps:
+            _save_snapshots(snapshots_path, snaps, config.snapshots)
 
     test_loss, test_acc = _evaluate(model, test_loader, device)
     skipped = len(getattr(base, "skipped", ()))  # image folders only: unreadable files, each counted once
@@ -473,15 +790,17 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights_path))
     card = {
         "arch": config.arch, "input_size": size, "classes": classes, "mean": mean, "std": std,
-        "dataset": dataset_name, "epochs": config.epochs,
+        "dataset": dataset_name, "epochs": plan.epochs,
         "metrics": {"test_accuracy": round(test_acc, 5), "test_loss": round(test_loss, 5),
                     "final_val_accuracy": history[-1]["val_accuracy"] if history else None},
         "train_size": len(train_set), "val_size": len(val_set), "test_size": len(test_set),
-        "skipped_images": skipped, "config": asdict(config), "history": history,
-        "torch": torch.__version__, "device": str(device),
+        "skipped_images": skipped, "config": asdict(config),
+        "plan": {**asdict(plan), "total_steps": plan.total_steps}, "init": init.name, "frozen": frozen,
+        "history": history, "torch": torch.__version__, "device": str(device),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     (out / "model.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
     _plot(history, out / "curves.png", f"{config.arch} on {dataset_name}: test accuracy {test_acc:.1%}")
+    if snaps:
+        log(f"conv1 over {len(snaps)} snapshots: {filters_animation(out)}")
     return TrainResult(out, history, test_acc, test_loss, skipped, time.perf_counter() - t_start, card)
-
