@@ -212,7 +212,11 @@ def _card_description(card: Mapping[str, Any]) -> str:
     acc = card.get("metrics", {}).get("test_accuracy")
     accuracy = f", test acc {acc:.1%}" if isinstance(acc, float) else ""
     epochs = card.get("epochs")
-    return f"trained here: {card.get('dataset', 'a dataset')}, {epochs} epoch{'s' * (epochs != 1)}{accuracy}"
+    init = card.get("init")
+    start = "" if init in (None, "none") else f" (fine-tuned from {init}" + (
+        f", {len(card['frozen'])} layers fixed)" if card.get("frozen") else ")")
+    return (f"trained here: {card.get('dataset', 'a dataset')}{start}, {epochs} epoch{'s' * (epochs != 1)}"
+            f"{accuracy}")
 
 
 def load_model(

@@ -65,7 +65,7 @@ class TrainConfig:
     epochs: int | None = None  # None: chosen from the data's size (plan_training)
     batch_size: int | None = None  # None: chosen from the data's size
     lr: float | None = None  # the one-cycle schedule's peak; None: chosen from the batch size and the init
-    optimizer: str = "auto"  # "sgd" (momentum 0.9, seeds 000/003), "adam" (seed 002); "auto": from the data's size
+    optimizer: str = "auto"  # "sgd" (momentum 0.9, as in the 2012 paper), "adam"; "auto": from the data's size
     init: str = "auto"  # "imagenet", "none", a weights file; "auto": imagenet where cached (torchvision), else none
     freeze: str = "auto"  # "features" or "none"; "auto": features when starting from trained weights
     snapshots: int = 0  # save conv1 every this many optimizer steps (0: never)

@@ -551,3 +551,12 @@ def test_resumed_snapshots_carry_on_from_the_checkpoint(stripes: Path, tmp_path:
     snaps = read_snapshots(tmp_path)
     assert [s for s, _, _ in snaps] == [0, 4, 8, 12, 16]
     assert torch.equal(snaps[-1][1], load_file(str(tmp_path / "model.safetensors"))["conv1.weight"])
+
+
+def test_the_banner_says_where_a_fine_tuned_model_started() -> None:
+    from alexnet_viz.model import _card_description
+
+    card = {"dataset": "my-photos", "epochs": 4, "metrics": {"test_accuracy": 0.9375}}
+    assert _card_description({**card, "init": "none"}) == "trained here: my-photos, 4 epochs, test acc 93.8%"
+    tuned = _card_description({**card, "init": "imagenet", "frozen": ["conv1", "relu1", "pool1"]})
+    assert tuned == "trained here: my-photos (fine-tuned from imagenet, 3 layers fixed), 4 epochs, test acc 93.8%"
