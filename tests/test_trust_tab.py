@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from alexnet_viz import export, occlude, trust
-from alexnet_viz.analysis import analyze, explain
+from alexnet_viz.analysis import analyze, explain, input_view
 from alexnet_viz.attribution import METHODS
 from alexnet_viz.cli import main as cli_main
 from alexnet_viz.model import load_model
@@ -253,10 +253,18 @@ def test_occlusion_clicks_undo_and_clear(t: TrustHandlers, h: Any, pool: Any, ca
     view = np.asarray(first["occ_view"])
     assert tuple(view[int(36 * scale) + 1, round(100 * scale)]) == trust_tab.PATCH_COLOUR  # the square's outline
 
+    mean_colour = input_view(torch.zeros(1, 3, 1, 1), loaded.mean, loaded.std).getpixel((0, 0))
+    assert tuple(view[round(60 * scale), round(100 * scale)]) == mean_colour  # inside: the dataset mean
+
     second = t.occ_click(cat_session, first["occ_state"], 64, "blur", 150 * scale, 170 * scale)
     want2 = _top5_by_hand(loaded, analysis.input, [(100, 60, 48, "mean"), (150, 170, 64, "blur")])
     assert _shown(second["occ_top5"]) == [html.escape(label) for label, _ in want2]
     assert "2 squares" in second["occ_info"]
+    # inside the blurred square: the pixels the network saw (the occluded input, un-normalised, enlarged)
+    seen = occlude.occluded_input(analysis.input, occlude.Patches().add(occlude.Patch(150, 170, 64, "blur")))
+    saw = np.asarray(input_view(seen, loaded.mean, loaded.std).resize((export.DISPLAY_SIDE,) * 2), dtype=float)
+    inner = (slice(round(145 * scale), round(195 * scale)), slice(round(125 * scale), round(175 * scale)))
+    assert np.abs(np.asarray(second["occ_view"], dtype=float)[inner] - saw[inner]).mean() < 2.0
 
     undone = t.occ_undo(cat_session, second["occ_state"])
     assert undone["occ_top5"] == first["occ_top5"] and undone["occ_state"] == first["occ_state"]
@@ -291,3 +299,84 @@ def test_trust_panels_belong_to_one_image(t: TrustHandlers, h: Any, cat_session:
     late = t.trust_guard(other, key)  # a slow result for the cat arrived after the espresso: cleared
     assert late["trust_owner"] == analysis_key(other) and late["sanity_strip"] is None
     assert analysis_key(other) != key and analysis_key(None) == ""
+
+
+# ---- the /occlude API and the page in Chromium ---------------------------------------------------------------
+
+def test_occlude_api_answers_like_predict(server: Any, seeded: Any) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(server.url, verbose=False)
+    image = ASSETS / "cat.jpg"
+    result = client.predict(handle_file(str(image)), 112, 80, 40, api_name="/occlude")
+    got = [(c["label"], c["confidence"]) for c in result["confidences"]]
+    want = _top5_by_hand(seeded, analyze(seeded, image).input, [(112, 80, 40, "mean")])
+    assert [label for label, _ in got] == [label for label, _ in want]
+    assert [p for _, p in got] == pytest.approx([p for _, p in want], abs=1e-5)
+    predicted = client.predict(handle_file(str(image)), api_name="/predict")
+    assert set(result) == set(predicted)  # the same shape as /predict's answer
+    from gradio_client.exceptions import AppError
+
+    for args, match in (((500, 80, 40), "x must be between 0 and 223"), ((10, 10, 40.5), "whole number"),
+                        ((10, 10, 1000), "size must be between")):
+        with pytest.raises(AppError, match=match):
+            client.predict(handle_file(str(image)), *args, api_name="/occlude")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_trust_and_occlusion_tabs_in_chromium(server: Any) -> None:
+    from alexnet_viz.browser import Driver, Watch, chromium, with_page
+
+    if chromium() is None:
+        pytest.skip("Debian's chromium is not installed")
+
+    def walk(d: Driver, watch: Watch) -> None:
+        # Before any image: a run says what to do, and nothing breaks.
+        d.tab("Occlusion by hand")
+        d.page.locator("#occ-undo").click()
+        d.page.get_by_test_id("toast-body").first.wait_for(timeout=30_000)
+        assert "Give an image first" in d.page.get_by_test_id("toast-body").first.inner_text()
+        d.page.locator("button.toast-close").first.click()
+        d.upload(ASSETS / "cat.jpg")
+        # Occlusion: three clicks (one with blur, one with a bigger square), undo, clear.
+        d.wait_text("occ-info", "No squares")
+        d.click_picture("occ-view", 0.5, 0.4)
+        d.wait_text("occ-info", "1 square hidden")
+        d.page.locator("#occ-fill").get_by_text("Blurred").click()
+        d.set_slider("occ-size", 80)
+        d.click_picture("occ-view", 0.3, 0.7)
+        d.wait_text("occ-info", "2 squares hidden")
+        d.page.locator("#occ-undo").click()
+        d.wait_text("occ-info", "1 square hidden")
+        d.check("occlusion clicks and undo")
+        # Trust tab: contrast first, then the sanity check, then faithfulness with fewer methods.
+        d.tab("Can you trust this map?")
+        d.page.locator("#contrast-run").click()
+        d.wait_text("contrast-info", "runner-up", timeout=120_000)
+        d.choose("contrast-method", "Guided backpropagation")
+        d.page.locator("#contrast-run").click()
+        d.wait_text("contrast-info", "cannot show a contrast", timeout=120_000)
+        d.choose("sanity-method", "Saliency (gradient)")
+        d.page.locator("#sanity-run").click()
+        d.wait_text("sanity-verdict", "PASSES|FAILS|undecided", timeout=180_000)
+        for title in ("Guided backpropagation", "Input × gradient"):
+            d.page.locator("#trust-methods").get_by_label(title).uncheck()
+        d.page.locator("#trust-run").click()
+        d.wait_text("trust-summary", "Saliency", timeout=180_000)
+        d.check("the trust tab's three runs")
+        # A new image clears every panel of both tabs.
+        d.upload(ASSETS / "espresso.jpg")
+        d.wait_text("trust-summary", "^$")
+        assert d.picture("sanity-strip") == "" and d.picture("contrast-diff") == ""
+        d.tab("Occlusion by hand")
+        d.wait_text("occ-info", "No squares")
+        d.click_picture("occ-view", 0.6, 0.6)
+        d.wait_text("occ-info", "1 square hidden")
+        d.page.locator("#occ-clear").click()
+        d.wait_text("occ-info", "No squares")
+        d.check("a new image after the runs")
+        assert not watch.console_errors, watch.console_errors
+        assert watch.hosts() <= {"127.0.0.1"}, watch.hosts()
+
+    with_page(server.url, walk)

@@ -38,6 +38,7 @@ Progress = Callable[[float, str], None]
 TEXT_PX = 22  # text in the plots: readable from the back of a lecture hall
 STRIP_SIDE, STRIP_PER_ROW = 300, 5  # sanity strip: 9 maps in rows of 5, each 300 px
 MAX_PATCHES = 64  # patches on one view; each click is still one forward pass
+BOLD = "<b style='color:inherit'>"  # bold in a coloured banner keeps the banner's white
 PATCH_COLOUR = (250, 204, 21)  # outline of a patch on the view (yellow: visible on photos and on grey)
 DEFAULT_FAITHFULNESS = ("saliency", "input_x_gradient", "guided_backprop", "gradcam")
 
@@ -245,7 +246,8 @@ class TrustHandlers:
         t0 = time.perf_counter()
         result = occlude(loaded, session.analysis, patches)
         seconds = time.perf_counter() - t0
-        return {"occ_state": (analysis_key(session), patches), "occ_view": occlusion_picture(result),
+        return {"occ_state": (analysis_key(session), patches),
+                "occ_view": occlusion_picture(session.analysis, result),
                 "occ_top5": occlusion_top5(session.analysis, result), "occ_info": occlusion_info(
                     session.analysis, result, seconds)}
 
@@ -306,14 +308,14 @@ def faithfulness_summary(report: trust.FaithfulnessReport) -> str:
 def sanity_verdict(result: trust.SanityResult) -> str:
     title = html.escape(METHODS[result.method].title)
     if result.fails is True:
-        return (f"<div class='banner-warn'>✗ <b>{title} FAILS the sanity check</b>: with the classifier "
-                f"random (down to {result.classifier_stage}) its map hardly changes, so it shows the image more "
-                "than what the network learnt.</div>")
+        return (f"<div class='banner-warn'>✗ {BOLD}{title} FAILS the sanity check</b>: with the "
+                f"classifier random (down to {result.classifier_stage}) its map hardly changes, so it "
+                "shows the image more than what the network learnt.</div>")
     if result.fails is False:
-        return (f"<div class='banner-ok'>✓ <b>{title} PASSES the sanity check</b>: once the classifier is "
-                f"random (down to {result.classifier_stage}) its map is no more like the original than a map of "
-                "an unrelated photo.</div>")
-    return (f"<div class='banner-warn'>? <b>{title}: undecided</b>: the check did not reach "
+        return (f"<div class='banner-ok'>✓ {BOLD}{title} PASSES the sanity check</b>: once the "
+                f"classifier is random (down to {result.classifier_stage}) its map is no more like the original "
+                "than a map of an unrelated photo.</div>")
+    return (f"<div class='banner-warn'>? {BOLD}{title}: undecided</b>: the check did not reach "
             f"{result.classifier_stage}, or a map was all zeros, or there was no unrelated photo to compare "
             "with.</div>")
 
@@ -349,17 +351,31 @@ def _unrelated(loaded: LoadedModel, analysis: Analysis) -> Analysis | None:
     return None if path is None else analyze(loaded, path, capture=False)
 
 
-def occlusion_picture(result: OcclusionResult, *, side: int = export.DISPLAY_SIDE) -> Image.Image:
-    """The occluded view the network saw, enlarged to ``side``, each patch outlined."""
-    view = result.view
-    scale = side / view.size[0]
+def occlusion_picture(original: Analysis, result: OcclusionResult, *, side: int = export.DISPLAY_SIDE) -> Image.Image:
+    """The occluded view the network saw, enlarged to ``side``, each patch outlined.
+
+    Drawn from the original view's enlargement with each patch pasted in order (the mean colour, or the
+    blurred pixels cut from the occluded view): un-normalising the whole occluded input would cost a click
+    about a third of its forward pass."""
+    view = original.view
+    n = view.size[0]
+    scale = side / n
     picture = view.resize((side, side), Image.Resampling.BICUBIC)
+    mean = tuple(int(m * 255 + 0.5) for m in result.mean)  # what zero of the normalised input looks like
+    boxes = []
+    for p in result.patches:
+        top, bottom, left, right = p.bounds(n)
+        box = (round(left * scale), round(top * scale), round(right * scale), round(bottom * scale))
+        if p.fill == "mean":
+            picture.paste(mean, box)
+        else:  # the blurred pixels the network saw there (result.view is made once, on first use)
+            cut = result.view.crop((left, top, right, bottom))
+            picture.paste(cut.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.BICUBIC), box[:2])
+        boxes.append(box)
     draw = ImageDraw.Draw(picture)
     width = max(2, round(side / 200))
-    for p in result.patches:
-        top, bottom, left, right = p.bounds(view.size[0])
-        draw.rectangle([left * scale, top * scale, right * scale - 1, bottom * scale - 1], outline=PATCH_COLOUR,
-                       width=width)
+    for left, top, right, bottom in boxes:
+        draw.rectangle([left, top, right - 1, bottom - 1], outline=PATCH_COLOUR, width=width)
     return picture
 
 
@@ -392,6 +408,16 @@ def occlusion_info(original: Analysis, result: OcclusionResult, seconds: float) 
 # the tabs
 
 
+def _new_analysis(c: dict[str, Any]) -> list[Any]:
+    """Triggers that follow every new analysis: the status line and the top-5 (only the analysis writes them).
+
+    Not ``session.change``: Gradio hashes a State that has a change listener after every event, and a Session
+    (a frozen dataclass holding mapping proxies) cannot be hashed. The handlers compare the analysis's key,
+    so a trigger that fires without a new image changes nothing.
+    """
+    return [c["status"].change, c["top5"].change]
+
+
 def add_trust_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
     """The "Can you trust this map?" tab: faithfulness, the sanity check and "why A and not B"."""
     from .layout import SLOW_GROUP, picture
@@ -411,7 +437,7 @@ def add_trust_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
             c["trust_methods"] = gr.CheckboxGroup(method_choices, value=list(DEFAULT_FAITHFULNESS), label="Methods",
                                                   elem_id="trust-methods")
             c["trust_run"] = gr.Button("Measure", variant="primary", elem_id="trust-run", scale=0)
-        c["trust_curves"] = picture("Deletion and insertion curves", elem_id="trust-curves")
+        c["trust_curves"] = picture("Deletion and insertion curves", show_label=False, elem_id="trust-curves")
         c["trust_table"] = gr.Dataframe([], headers=FAITHFULNESS_HEADERS, interactive=False, wrap=True,
                                         label="Ranking (best deletion first)", elem_id="trust-table")
         c["trust_summary"] = gr.Markdown(elem_id="trust-summary")
@@ -423,8 +449,11 @@ def add_trust_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
                                              elem_id="sanity-method")
             c["sanity_run"] = gr.Button("Run the sanity check", variant="primary", elem_id="sanity-run", scale=0)
         c["sanity_verdict"] = gr.HTML(elem_id="sanity-verdict")
-        c["sanity_strip"] = picture("The map at each stage (each scaled to its own maximum)", elem_id="sanity-strip")
-        c["sanity_plot"] = picture("Similarity to the original map", elem_id="sanity-plot")
+        gr.Markdown("The map at each stage, each scaled to its own maximum; below, how alike each is to the "
+                    "original.", elem_classes="caption")
+        c["sanity_strip"] = picture("Sanity check: the map at each stage", show_label=False, elem_id="sanity-strip")
+        c["sanity_plot"] = picture("Sanity check: similarity to the original map", show_label=False,
+                                   elem_id="sanity-plot")
         c["sanity_info"] = gr.Markdown(elem_id="sanity-info")
 
         gr.Markdown("### 3. Why A and not B?")
@@ -439,11 +468,11 @@ def add_trust_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
             c["contrast_run"] = gr.Button("Explain A and not B", variant="primary", elem_id="contrast-run", scale=0)
         c["contrast_info"] = gr.Markdown(elem_id="contrast-info")
         with gr.Row(equal_height=False):
-            c["contrast_alone"] = picture("A alone", elem_id="contrast-alone")
-            c["contrast_diff"] = picture("A minus B", elem_id="contrast-diff")
+            c["contrast_alone"] = picture("A alone", show_label=False, elem_id="contrast-alone")
+            c["contrast_diff"] = picture("A minus B", show_label=False, elem_id="contrast-diff")
 
     outputs = [*TrustHandlers.TRUST_OUTPUTS, "trust_owner"]
-    on([c["session"].change], t.trust_new_image, ["session", "trust_owner"],
+    on(_new_analysis(c), t.trust_new_image, ["session", "trust_owner"],
        [*outputs, "contrast_a", "contrast_b"], api_visibility="private", queue=False)
     guard = page.event(t.trust_guard, outputs)
 
@@ -481,7 +510,8 @@ def add_occlusion_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
         gr.Markdown(CAPTIONS["occlusion"], elem_classes="caption")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                c["occ_view"] = picture("What the network sees (click to hide a square)", elem_id="occ-view")
+                gr.Markdown("**What the network sees** (click to hide a square)")
+                c["occ_view"] = picture("Occluded view", show_label=False, elem_id="occ-view")
             with gr.Column(scale=2, min_width=360):
                 with gr.Row():
                     c["occ_size"] = gr.Slider(PATCH_SIZE.minimum, PATCH_SIZE.maximum, value=PATCH_SIZE.default,
@@ -510,7 +540,7 @@ def add_occlusion_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
         return t.occ_click(session, state, size, fill, *index)
 
     # Fast events in the default group: one forward pass each, never behind another visitor's slow work.
-    on([c["session"].change], t.occ_new_image, ["session", "occ_state"], outputs, api_visibility="private",
+    on(_new_analysis(c), t.occ_new_image, ["session", "occ_state"], outputs, api_visibility="private",
        queue=False)
     on([c["occ_view"].select], click, ["session", "occ_state", "occ_size", "occ_fill"], outputs,
        api_visibility="private", trigger_mode="always_last", show_progress="hidden")
