@@ -473,7 +473,7 @@ def add_trust_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
 
     outputs = [*TrustHandlers.TRUST_OUTPUTS, "trust_owner"]
     on(_new_analysis(c), t.trust_new_image, ["session", "trust_owner"],
-       [*outputs, "contrast_a", "contrast_b"], api_visibility="private", queue=False)
+       [*outputs, "contrast_a", "contrast_b"], api_visibility="private", trigger_mode="always_last")
     guard = page.event(t.trust_guard, outputs)
 
     def faithfulness_event(session: Any, methods: list[str],
@@ -495,8 +495,7 @@ def add_trust_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
             ("contrast_run", contrast_event, ["session", "contrast_a", "contrast_b", "contrast_method"],
              ["contrast_alone", "contrast_diff", "contrast_info"])):
         on([c[trigger].click], fn, inputs, [*shown, "trust_owner"], show_progress_on=[c[shown[0]]], **slow).then(
-            guard, [c["session"], c["trust_owner"]], [c[n] for n in outputs], api_visibility="private",
-            queue=False)
+            guard, [c["session"], c["trust_owner"]], [c[n] for n in outputs], api_visibility="private")
 
 
 def add_occlusion_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
@@ -541,7 +540,7 @@ def add_occlusion_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
 
     # Fast events in the default group: one forward pass each, never behind another visitor's slow work.
     on(_new_analysis(c), t.occ_new_image, ["session", "occ_state"], outputs, api_visibility="private",
-       queue=False)
+       trigger_mode="always_last")
     on([c["occ_view"].select], click, ["session", "occ_state", "occ_size", "occ_fill"], outputs,
        api_visibility="private", trigger_mode="always_last", show_progress="hidden")
     on([c["occ_undo"].click], t.occ_undo, ["session", "occ_state"], outputs, api_visibility="private")
