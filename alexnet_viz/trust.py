@@ -352,10 +352,11 @@ def faithfulness(
     baselines: Sequence[str] = tuple(BASELINES),
     batch_size: int = 32,
     progress: Progress | None = None,
+    detailed: bool = False,
 ) -> FaithfulnessReport:
     """Deletion and insertion curves for ``methods`` (with their ``options[method]``) and ``baselines``.
-    ``progress(fraction, message)`` is called after each map's curves and, inside a method's share, by the
-    method's own batches (so a callback that raises stops a slow method between two batches)."""
+    ``progress(fraction, message)`` is called after each map's curves; with ``detailed`` also by each method's
+    own batches, within its share (so a callback that raises stops a slow method between two batches)."""
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS] + [b for b in baselines if b not in BASELINES]
     if unknown:
@@ -382,7 +383,8 @@ def faithfulness(
 
     for method in methods:
         t0 = time.perf_counter()
-        attr = attribute(loaded.module, x, method, target=index, progress=_within(progress, done, total),
+        attr = attribute(loaded.module, x, method, target=index,
+                         progress=_within(progress, done, total) if detailed else None,
                          **dict((options or {}).get(method, {})))
         run(method, METHODS[method].title, "method", [attr.heatmap], t0)
     for name in baselines:
@@ -626,12 +628,14 @@ def sanity_check(
     seed: int = 0,
     stages: int | None = None,
     progress: Progress | None = None,
+    detailed: bool = False,
     **options: Any,
 ) -> SanityResult:
     """Cascading randomisation (Adebayo et al. 2018) of ``method`` on ``analysis``'s image, for ``target``
     (default: the top-1 of the trained network) held fixed at every stage. ``unrelated``: another image
     whose map gives the floor. ``stages`` stops after the first n stages (fc8, fc7, ...). ``options`` go to
-    :func:`attribute` (e.g. Grad-CAM's ``layer``); ``progress(fraction, message)`` follows each map."""
+    :func:`attribute` (e.g. Grad-CAM's ``layer``); ``progress(fraction, message)`` follows each map, and with
+    ``detailed`` each method's own batches too (a callback that raises then stops a slow method mid-map)."""
     if method not in METHODS:
         raise OptionError(f"Unknown attribution method {method!r}; choose one of {', '.join(METHODS)}.")
     t0 = time.perf_counter()
@@ -643,7 +647,8 @@ def sanity_check(
 
     def heat(module: nn.Module, inp: torch.Tensor, what: str) -> torch.Tensor:
         nonlocal done
-        h = attribute(module, inp, method, target=index, progress=_within(progress, done, total), **options).heatmap
+        inner = _within(progress, done, total) if detailed else None
+        h = attribute(module, inp, method, target=index, progress=inner, **options).heatmap
         done += 1
         if progress is not None:
             progress(done / total, f"Sanity check of {METHODS[method].title}: {what} ({done} of {total})")

@@ -144,8 +144,9 @@ def _spy(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Any]:
 def test_faithfulness_table_is_the_reports_ranking_with_every_baseline(t: TrustHandlers, cat_session: Any,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[float] = []
+    said: list[str] = []
     reports = _spy(monkeypatch, "faithfulness")
-    out = t.faithfulness(cat_session, ["saliency", "bogus"], progress=lambda f, m: seen.append(f))
+    out = t.faithfulness(cat_session, ["saliency", "bogus"], progress=lambda f, m: (seen.append(f), said.append(m)))
     (report,) = reports
     assert next(iter(report.results)) == "saliency" and report.target == cat_session.analysis.top1.index
     names = [name for name, _ in report.ranking("deletion")]
@@ -159,6 +160,9 @@ def test_faithfulness_table_is_the_reports_ranking_with_every_baseline(t: TrustH
     assert "Saliency" in out["trust_summary"] and "baseline" in out["trust_summary"]
     assert out["trust_curves"].width >= 1200 and out["trust_owner"] == analysis_key(cat_session)
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+    # the method's own batches report too (and so can be stopped between two of them), within its share
+    first_map_done = said.index("Deletion and insertion: Saliency (gradient) (1 of 6)")
+    assert said.index("Saliency (gradient): starting") < first_map_done
     with pytest.raises(gr.Error, match="Tick at least one"):
         t.faithfulness(cat_session, [])
     with pytest.raises(gr.Error, match="Give an image first"):

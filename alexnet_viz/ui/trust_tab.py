@@ -134,7 +134,8 @@ class TrustHandlers:
         options = {m: {"layer": loaded.conv_layers[-1]} for m in chosen if METHODS[m].layer_based}
         bound = H._Bounded(progress, self.h.time_limit_s)
         bound(0.0, "Deletion and insertion: starting")
-        report = trust.faithfulness(loaded, session.analysis, chosen, options=options, progress=bound)
+        report = trust.faithfulness(loaded, session.analysis, chosen, options=options, progress=bound,
+                                      detailed=True)
         return {"trust_curves": trust.curve_plot(report, text_px=TEXT_PX, figsize=(18, 7.5)),
                 "trust_table": faithfulness_rows(report), "trust_summary": faithfulness_summary(report),
                 "trust_owner": analysis_key(session)}
@@ -152,7 +153,7 @@ class TrustHandlers:
         unrelated = _unrelated(loaded, session.analysis)
         options: dict[str, Any] = {"layer": loaded.conv_layers[-1]} if METHODS[method].layer_based else {}
         result = trust.sanity_check(loaded, session.analysis, method, unrelated=unrelated, stages=stages,
-                                    progress=bound, **options)
+                                    progress=bound, detailed=True, **options)
         return {"sanity_verdict": sanity_verdict(result),
                 "sanity_strip": trust.sanity_strip(result, side=STRIP_SIDE, text_px=TEXT_PX, per_row=STRIP_PER_ROW),
                 "sanity_plot": trust.sanity_plot([result], text_px=TEXT_PX, figsize=(18, 7.5)),
