@@ -126,23 +126,47 @@ def _unique_dir(out: Path, stem: str, used: set[str]) -> Path:
     return out / name
 
 
+RUNNER_UP = "runner-up"  # --contrast's default class B: the best class other than A
+
+
 def _write_analysis(loaded: Any, image_path: Path, folder: Path, scene: Any, target: str | None, top_k: int,
-                    progress: bool) -> dict[str, Any]:
+                    progress: bool, *, raw: bool = False, contrast: str | None = None) -> dict[str, Any]:
     """The page's pictures for one image, drawn by :mod:`alexnet_viz.export` exactly as its Download zip holds
-    them, into ``folder`` with ``result.json``."""
+    them, into ``folder`` with ``result.json``.
+
+    ``contrast`` (a class, or ``"runner-up"``): every map explains ``score[target] - score[contrast]`` ("why A
+    and not B"; A defaults to the top-1). ``raw``: also ``attribution_<method>.npy``, each map as float32
+    (H, W) at the network's input size, exactly the heatmap the picture draws (signed where the method is)."""
+    import numpy as np
+
     from . import export
     from .analysis import analyze, explain
     from .attribution import METHODS, tqdm_progress
+    from .targets import Contrast
 
     analysis = analyze(loaded, image_path, top_k=top_k)
+    explained: Any = target
+    if contrast is not None:
+        explained = Contrast(target if target not in (None, "") else analysis.top1.index,
+                             None if contrast == RUNNER_UP else contrast)
     attributions = {}
     for method in dict.fromkeys([*scene.methods, *scene.compare]):
         bar = tqdm_progress(f"{image_path.name}: {method}") if progress and METHODS[method].slow else None
         layer = loaded.conv_layers[-1] if METHODS[method].layer_based else None
-        attributions[method] = explain(loaded, analysis, method, target=target, layer=layer, progress=bar)
+        attributions[method] = explain(loaded, analysis, method, target=explained, layer=layer, progress=bar)
     pictures = export.pictures(loaded, analysis, attributions, scene)
     meta = export.result_json(loaded, analysis, attributions, scene, files=pictures, image=str(image_path))
+    maps = {f"attribution_{m}.npy": a.heatmap.numpy().astype(np.float32, copy=False)
+            for m, a in attributions.items()} if raw else {}
+    if maps:
+        meta["files"] = sorted([*meta["files"], *maps])
+    if contrast is not None:  # result.json says which class B each map was explained against
+        for m, a in attributions.items():
+            if m in meta["attributions"] and a.contrast is not None:
+                meta["attributions"][m]["contrast"] = {"index": a.contrast, "label": loaded.categories[a.contrast]}
     export.write_folder(folder, pictures, meta)
+    for name, values in maps.items():
+        np.save(folder / name, values)
     return meta
 
 
@@ -187,6 +211,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.contrast is not None:  # a method that cannot show A minus B would fail on every image: say it once
+        blind = [m for m in dict.fromkeys([*scene.methods, *scene.compare]) if not METHODS[m].contrastive]
+        if blind:
+            print(f"error: --contrast: {METHODS[blind[0]].contrast_note}", file=sys.stderr)
+            return 2
     used: set[str] = set()
     results, failed = [], 0
     show = not args.json and sys.stderr.isatty()
@@ -194,7 +223,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         path = Path(image)
         folder = _unique_dir(out, _folder_name(path), used)
         try:
-            results.append(_write_analysis(loaded, path, folder, scene, args.target, args.top_k, show))
+            results.append(_write_analysis(loaded, path, folder, scene, args.target, args.top_k, show,
+                                           raw=args.raw, contrast=args.contrast))
         except (ImageError, ValueError, RuntimeError, OSError) as e:  # one line per bad image; the batch goes on
             failed += 1
             message = f"cannot write {folder} ({e.strerror or e})" if isinstance(e, OSError) else str(e)
@@ -321,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"attribution method (repeatable) or 'all'; one of {', '.join(_method_choices())}; "
                         "default: none")
     p.add_argument("--target", default=None, help="class index or name to explain (default: the top-1)")
+    p.add_argument("--contrast", default=None, metavar="B",
+                   help="explain why --target and not class B (index, name or 'runner-up': the best class "
+                        "other than the target): every map shows score[target] - score[B]")
+    p.add_argument("--raw", action="store_true",
+                   help="also write each attribution's map as attribution_<method>.npy (float32, the network's "
+                        "input height x width, signed where the method is)")
     p.add_argument("--top-k", type=_int_in(1), default=5)
     p.add_argument("--layer", action="append", metavar="L",
                    help="feature maps of this layer (repeatable; default: every layer)")

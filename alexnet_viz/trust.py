@@ -352,9 +352,11 @@ def faithfulness(
     baselines: Sequence[str] = tuple(BASELINES),
     batch_size: int = 32,
     progress: Progress | None = None,
+    detailed: bool = False,
 ) -> FaithfulnessReport:
     """Deletion and insertion curves for ``methods`` (with their ``options[method]``) and ``baselines``.
-    ``progress(fraction, message)`` is called after each map's curves."""
+    ``progress(fraction, message)`` is called after each map's curves; with ``detailed`` also by each method's
+    own batches, within its share (so a callback that raises stops a slow method between two batches)."""
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS] + [b for b in baselines if b not in BASELINES]
     if unknown:
@@ -381,13 +383,27 @@ def faithfulness(
 
     for method in methods:
         t0 = time.perf_counter()
-        attr = attribute(loaded.module, x, method, target=index, **dict((options or {}).get(method, {})))
+        attr = attribute(loaded.module, x, method, target=index,
+                         progress=_within(progress, done, total) if detailed else None,
+                         **dict((options or {}).get(method, {})))
         run(method, METHODS[method].title, "method", [attr.heatmap], t0)
     for name in baselines:
         spec = BASELINES[name]
         t0 = time.perf_counter()
         run(name, spec.title, "baseline", [spec.runner(rgb, seed) for seed in range(spec.repeats)], t0)
     return FaithfulnessReport(index, loaded.categories[index], loaded.weights.trained, MappingProxyType(results))
+
+
+def _within(progress: Progress | None, done: int, total: int) -> Progress | None:
+    """``progress`` for the (done+1)-th of ``total`` steps: its fractions 0..1 map onto that step's share."""
+    if progress is None:
+        return None
+    outer = progress
+
+    def report(fraction: float, message: str) -> None:
+        outer((done + fraction) / total, message)
+
+    return report
 
 
 # ---- similarity of two maps ----
@@ -612,12 +628,14 @@ def sanity_check(
     seed: int = 0,
     stages: int | None = None,
     progress: Progress | None = None,
+    detailed: bool = False,
     **options: Any,
 ) -> SanityResult:
     """Cascading randomisation (Adebayo et al. 2018) of ``method`` on ``analysis``'s image, for ``target``
     (default: the top-1 of the trained network) held fixed at every stage. ``unrelated``: another image
     whose map gives the floor. ``stages`` stops after the first n stages (fc8, fc7, ...). ``options`` go to
-    :func:`attribute` (e.g. Grad-CAM's ``layer``); ``progress(fraction, message)`` follows each map."""
+    :func:`attribute` (e.g. Grad-CAM's ``layer``); ``progress(fraction, message)`` follows each map, and with
+    ``detailed`` each method's own batches too (a callback that raises then stops a slow method mid-map)."""
     if method not in METHODS:
         raise OptionError(f"Unknown attribution method {method!r}; choose one of {', '.join(METHODS)}.")
     t0 = time.perf_counter()
@@ -629,7 +647,8 @@ def sanity_check(
 
     def heat(module: nn.Module, inp: torch.Tensor, what: str) -> torch.Tensor:
         nonlocal done
-        h = attribute(module, inp, method, target=index, **options).heatmap
+        inner = _within(progress, done, total) if detailed else None
+        h = attribute(module, inp, method, target=index, progress=inner, **options).heatmap
         done += 1
         if progress is not None:
             progress(done / total, f"Sanity check of {METHODS[method].title}: {what} ({done} of {total})")
@@ -673,16 +692,35 @@ def summarize_sanity(results: Sequence[SanityResult]) -> dict[str, dict[str, Any
 
 # ---- pictures ----
 
-def sanity_strip(result: SanityResult, *, side: int = 112) -> Image.Image:
-    """The map of every stage in a row, each scaled to its own maximum, captioned with its stage."""
+def sanity_strip(result: SanityResult, *, side: int = 112, text_px: int = 14,
+                 per_row: int | None = None) -> Image.Image:
+    """The map of every stage in a row (or rows of ``per_row``), each scaled to its own maximum, captioned
+    with its stage in ``text_px`` px text."""
     from . import render
 
     tiles = []
     for s in result.stages:
         tile = render.heatmap_image(s.heatmap.abs().numpy(), size=(side, side))
         caption = s.name if s.name == "original" else f"to {s.name}"
-        tiles.append(render.label(tile, caption + (" (zero)" if s.zero else ""), size=14))
+        tiles.append(render.label(tile, caption + (" (zero)" if s.zero else ""), size=text_px))
+    if per_row is not None:
+        return render.tile_rows(tiles, per_row, gap=max(4, text_px // 2))
     return render.hstack(tiles, gap=4)
+
+
+def _text_style(text_px: int | None) -> Any:
+    """Matplotlib's settings for text ``text_px`` pixels tall at the 100 dpi the pictures are saved at (None:
+    matplotlib's own sizes, as the CLI's files have them)."""
+    import contextlib
+
+    import matplotlib
+
+    if text_px is None:
+        return contextlib.nullcontext()
+    pt = text_px * 72 / 100
+    return matplotlib.rc_context({"font.size": pt, "axes.titlesize": pt, "axes.labelsize": pt,
+                                  "xtick.labelsize": pt, "ytick.labelsize": pt, "legend.fontsize": pt,
+                                  "lines.linewidth": 2.5, "lines.markersize": 9})
 
 
 def _figure_to_image(fig: Any) -> Image.Image:
@@ -696,28 +734,46 @@ def _figure_to_image(fig: Any) -> Image.Image:
     return image.convert("RGB")
 
 
-def curve_plot(report: FaithfulnessReport, score: str = "logit") -> Image.Image:
-    """Deletion and insertion curves side by side, methods solid, baselines dashed, AUC in the legend."""
+def curve_plot(report: FaithfulnessReport, score: str = "logit", *, text_px: int | None = None,
+               figsize: tuple[float, float] = (10, 4)) -> Image.Image:
+    """Deletion and insertion curves side by side, methods solid, baselines dashed, AUC in the legend.
+    ``text_px``: every text that many pixels tall, and one legend under both plots (for a projector)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend, no window; savefig renders with Agg
 
-    fig = Figure(figsize=(10, 4))
-    for ax, (name, spec) in zip(fig.subplots(1, 2), CURVES.items(), strict=True):
-        for r in report.results.values():
-            ax.plot(r.fractions, r.curves[name][score], "-" if r.kind == "method" else "--",
-                    label=f"{r.title} ({r.auc(name, score):.3f})")
-        ax.set_title(f"{spec.title} ({spec.better} area is better)")
-        ax.set_xlabel("share of pixels changed")
-        ax.set_ylabel(SCORES[score].split(":")[0])
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _figure_to_image(fig)
+    with _text_style(text_px):
+        fig = Figure(figsize=figsize)
+        axes = fig.subplots(1, 2)
+        for ax, (name, spec) in zip(axes, CURVES.items(), strict=True):
+            for r in report.results.values():
+                ax.plot(r.fractions, r.curves[name][score], "-" if r.kind == "method" else "--",
+                        label=r.title if text_px is not None else f"{r.title} ({r.auc(name, score):.3f})")
+            ax.set_title(f"{spec.title} ({spec.better} area is better)")
+            ax.set_xlabel("share of pixels changed")
+            ax.set_ylabel(SCORES[score].split(":")[0])
+            if text_px is None:
+                ax.legend(fontsize=7)
+        if text_px is not None:  # one legend for both: the same maps in the same colours (AUCs in the table)
+            handles, labels = axes[0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), frameon=False)
+            fig.set_layout_engine("constrained")
+        else:
+            fig.tight_layout()
+        return _figure_to_image(fig)
 
 
-def sanity_plot(results: Sequence[SanityResult]) -> Image.Image:
-    """Similarity to the original map at each stage, one line per method, the unrelated floor dotted."""
+def sanity_plot(results: Sequence[SanityResult], *, text_px: int | None = None,
+                figsize: tuple[float, float] = (10, 4)) -> Image.Image:
+    """Similarity to the original map at each stage, one line per method, the unrelated floor dotted.
+    ``text_px``: every text that many pixels tall (for a projector)."""
+    with _text_style(text_px):
+        return _sanity_figure(results, text_px, figsize)
+
+
+def _sanity_figure(results: Sequence[SanityResult], text_px: int | None, figsize: tuple[float, float]) -> Image.Image:
     from matplotlib.figure import Figure  # no pyplot: no global backend, no window; savefig renders with Agg
 
-    fig = Figure(figsize=(10, 4))
+    small = 7 if text_px is None else None  # None: the rc_context's size
+    fig = Figure(figsize=figsize, layout="constrained" if text_px is not None else None)
     for ax, (metric, spec) in zip(fig.subplots(1, 2), SIMILARITIES.items(), strict=True):
         for i, r in enumerate(results):
             names = [s.name for s in r.stages]
@@ -728,14 +784,15 @@ def sanity_plot(results: Sequence[SanityResult]) -> Image.Image:
             if floor is not None:
                 ax.axhline(floor, color=line.get_color(), linestyle=":", linewidth=1,
                            label="unrelated image" if i == 0 else None)
-            ax.set_xticks(range(len(names)), names, rotation=45, fontsize=8)
+            ax.set_xticks(range(len(names)), names, rotation=45, fontsize=8 if text_px is None else None)
         ax.set_title(spec.title)
         ax.set_xlabel("randomised from the top layer down to")
         shown = [v for r in results for v in (*(s.similarity[metric] for s in r.stages), r.floor.get(metric))
                  if v is not None and math.isfinite(v)]
         ax.set_ylim(min([-0.2, *shown]) - 0.05, 1.05)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        ax.legend(fontsize=small)
+    if text_px is None:
+        fig.tight_layout()
     return _figure_to_image(fig)
 
 

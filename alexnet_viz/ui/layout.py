@@ -19,7 +19,7 @@ from ..architectures import ARCHITECTURES
 from ..attribution import METHODS
 from ..model import available_devices
 from . import handlers as H
-from . import units_tab
+from . import trust_tab, units_tab
 from .files import as_png_files
 from .server import CACHE_MAX_AGE_S, CACHE_SWEEP_S, INSTANT, SESSION_TTL_S, SLOW_CONCURRENCY
 from .state import ModelPool
@@ -116,7 +116,10 @@ def _keyed_to(component: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # Tabs added by modules of their own, after Architecture: each a function (page, handlers, pool) -> None that
 # opens its gr.Tab and wires its events.
-TABS: tuple[Callable[[Page, H.Handlers, ModelPool], None], ...] = (units_tab.add_units_tab, units_tab.add_inside_tab)
+TABS: tuple[Callable[[Page, H.Handlers, ModelPool], None], ...] = (
+    units_tab.add_units_tab, units_tab.add_inside_tab,
+    trust_tab.add_trust_tab, trust_tab.add_occlusion_tab,
+)
 
 
 def picture(label: str, value: Any = None, **kwargs: Any) -> gr.Image:

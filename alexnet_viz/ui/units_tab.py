@@ -39,7 +39,7 @@ from ..walkthrough import Walkthrough, conv1_position, walkthrough
 from . import handlers as H
 from .files import as_png_files
 from .server import INSTANT
-from .state import ModelPool, Session
+from .state import Lane, ModelPool, Session
 
 __all__ = ["STEPS", "UnitsHandlers", "add_inside_tab", "add_units_tab", "use_gallery"]
 
@@ -193,9 +193,13 @@ class UnitsHandlers:
 
     # --- shared, built once ----------------------------------------------------------------------------
 
-    def model(self, session: Session | None, arch: str | None, device: str | None) -> LoadedModel:
-        """The visitor's model: their image's, else the one the dropdowns name (no image is needed to visualise)."""
-        return self.h.model_for(session) if session is not None else self.h.model_for(None, arch, device)
+    def model(self, session: Session | None, arch: str | None, device: str | None, *,
+              lane: Lane = "main") -> LoadedModel:
+        """The visitor's model: their image's, else the one the dropdowns name (no image is needed to visualise);
+        ``lane="slow"`` for the optimisation, so that nobody's analysis waits behind it."""
+        if session is not None:
+            return self.h.model_for(session, lane=lane)
+        return self.h.model_for(None, arch, device, lane=lane)
 
     def twin(self, loaded: LoadedModel) -> LoadedModel:
         """The untrained copy of ``loaded`` (seeded: the same for every visitor), kept for the next request."""
@@ -286,7 +290,7 @@ class UnitsHandlers:
                   ) -> Iterator[dict[str, Any]]:
         """Live pictures of the unit, then of the same unit of the untrained copy; the last update says how
         strongly each picture drives its unit. Bounded by the handlers' time limit; cached results are instant."""
-        loaded = self.model(session, arch, device)
+        loaded = self.model(session, arch, device, lane="slow")
         layer, index, words = self._target(loaded, objective, layer, unit, klass)
         settings = replace(self.settings, steps=int(H._number(steps, "steps", STEPS[0], STEPS[1])))
         twin = self.twin(loaded)
