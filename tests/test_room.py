@@ -346,4 +346,6 @@ def test_every_event_is_queued_and_slow_ones_in_their_group(pool: ModelPool) -> 
     demo = build_demo(pool)
     assert all(fn.queue for fn in demo.fns.values() if fn.fn is not None)
     slow = {fn.api_name for fn in demo.fns.values() if fn.concurrency_id == SLOW_GROUP}
-    assert slow == {"explain", "explain_event", "compare_event", "visualise"}  # and the Units tab's
+    # the Saliency tab's, the Units tab's and the trust tab's slow work; nothing else
+    assert slow == {"explain", "explain_event", "compare_event", "visualise", "faithfulness_event", "sanity_event",
+                    "contrast_event"}
