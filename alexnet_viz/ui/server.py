@@ -40,7 +40,7 @@ log = logging.getLogger("alexnet_viz")
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 MAX_FILE_SIZE = "20mb"  # the intake refuses more than 25 MB anyway; Gradio answers 413 above this
-QUEUE_SIZE = 32  # waiting requests at most; the 33rd visitor is told the app is busy
+QUEUE_SIZE = 128  # waiting requests at most: a lecture hall of 100 uploading within 20 s all queue (LOAD.md)
 CONCURRENCY = 2  # events running at once: a free Space has 2 cores
 SLOW_CONCURRENCY = 1  # slow attributions (integrated gradients, occlusion, ...) at once, in their own group
 DECODER = IsolatedDecoder()  # worker processes for the server's uploads: a crash or a stall costs one request
