@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -258,13 +259,18 @@ def _stripes(horizontal: bool, rng: np.random.Generator, size: int = 40) -> Imag
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
 
 
-def _stripes_folder(root: Path, per_class: int, seed: int) -> Path:
+def _class_folder(root: Path, classes: dict[str, bool], draw: Any, per_class: int, seed: int) -> Path:
+    """A folder of two classes: ``draw(flag, rng)`` makes each picture, ``flag`` being the class's value."""
     rng = np.random.default_rng(seed)
-    for name in ("horizontal", "vertical"):
+    for name, flag in classes.items():
         (root / name).mkdir(parents=True)
         for i in range(per_class):
-            _stripes(name == "horizontal", rng).save(root / name / f"{i}.png")
+            draw(flag, rng).save(root / name / f"{i}.png")
     return root
+
+
+def _stripes_folder(root: Path, per_class: int, seed: int) -> Path:
+    return _class_folder(root, {"horizontal": True, "vertical": False}, _stripes, per_class, seed)
 
 
 @pytest.fixture(scope="module")
@@ -370,12 +376,7 @@ def _tinted(red: bool, rng: np.random.Generator, size: int = 40) -> Image.Image:
 
 
 def _tinted_folder(root: Path, per_class: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    for name in ("blue", "red"):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            _tinted(name == "red", rng).save(root / name / f"{i}.png")
-    return root
+    return _class_folder(root, {"blue": False, "red": True}, _tinted, per_class, seed)
 
 
 @pytest.fixture
