@@ -36,7 +36,7 @@ from . import files
 from .server import ASSETS, DECODER, SLOW_LIMIT_S
 from .state import Lane, ModelPool, Session
 
-__all__ = ["Handlers", "friendly", "option_specs", "upload_path"]
+__all__ = ["Handlers", "friendly", "option_specs", "progress_adapter", "upload_path"]
 
 log = logging.getLogger("alexnet_viz")
 
@@ -199,7 +199,7 @@ def _event_gone(current: Any) -> bool:
         return False
 
 
-def _progress_adapter(progress: Any) -> Callable[[float, str], None]:
+def progress_adapter(progress: Any) -> Callable[[float, str], None]:
     def report(fraction: float, message: str) -> None:
         progress(fraction, desc=message)
 

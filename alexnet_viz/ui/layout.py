@@ -24,7 +24,7 @@ from .files import as_png_files
 from .server import CACHE_MAX_AGE_S, CACHE_SWEEP_S, INSTANT, SESSION_TTL_S, SLOW_CONCURRENCY
 from .state import ModelPool
 
-__all__ = ["CSS", "HEAD", "TABS", "Page", "build_demo", "picture"]
+__all__ = ["CSS", "TABS", "Page", "build_demo", "picture"]
 
 SLOW_GROUP = "slow-attributions"  # concurrency_id of the events that can take seconds to minutes
 
@@ -68,7 +68,6 @@ DOWNLOAD_JS = """(f) => {
   document.body.appendChild(a); a.click(); a.remove();
 }"""
 PRESENTER_JS = "(on) => { document.body.classList.toggle('presenter', !!on); }"
-HEAD = ""
 
 
 class Page:
@@ -294,12 +293,12 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                           *values: float, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:  # noqa: B008
             return h.explain(session, method, target, cam_layer, alpha, cmap, dict(zip(option_names, values,
                                                                                       strict=True)),
-                             progress=lambda f, m: progress(f, desc=m))
+                             progress=H.progress_adapter(progress))
 
         def compare_event(session: Any, methods: list[str], target: str, cam_layer: str, alpha: float,
                           *values: float, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:  # noqa: B008
             return h.compare(session, methods, target, cam_layer, alpha, dict(zip(option_names, values, strict=True)),
-                             progress=lambda f, m: progress(f, desc=m))
+                             progress=H.progress_adapter(progress))
 
         def option_visibility(method: str) -> dict[str, Any]:
             spec = METHODS.get(method)

@@ -135,7 +135,7 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share:
            queue_size: int = QUEUE_SIZE, concurrency: int = CONCURRENCY) -> gr.Blocks:
     """Queue and serve a page from ``build_demo`` with the public app's settings (tests use smaller queues)."""
     from .fairness import one_slow_job_per_visitor
-    from .layout import CSS, HEAD, SLOW_GROUP
+    from .layout import CSS, SLOW_GROUP
 
     # api_open=False: no route runs a queued event outside the queue (POST /gradio_api/run/<name> would bypass
     # its size and concurrency limits); gradio_client goes through the queue and still works. Every event of
@@ -148,7 +148,6 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share:
         share=share,
         theme=gr.themes.Default(font=SYSTEM_SANS, font_mono=SYSTEM_MONO),  # no web fonts from a CDN
         css=CSS,
-        head=HEAD,
         show_error=False,  # our gr.Error sentences still show; tracebacks never do
         max_file_size=MAX_FILE_SIZE,
         enable_monitoring=False,  # /monitoring would otherwise answer anyone

@@ -479,14 +479,14 @@ def add_trust_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
 
     def faithfulness_event(session: Any, methods: list[str],
                            progress: gr.Progress = gr.Progress()) -> dict[str, Any]:  # noqa: B008
-        return t.faithfulness(session, methods, progress=H._progress_adapter(progress))
+        return t.faithfulness(session, methods, progress=H.progress_adapter(progress))
 
     def sanity_event(session: Any, method: str, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:  # noqa: B008
-        return t.sanity(session, method, progress=H._progress_adapter(progress))
+        return t.sanity(session, method, progress=H.progress_adapter(progress))
 
     def contrast_event(session: Any, a: str, b: str, method: str,
                        progress: gr.Progress = gr.Progress()) -> dict[str, Any]:  # noqa: B008
-        return t.contrast(session, a, b, method, progress=H._progress_adapter(progress))
+        return t.contrast(session, a, b, method, progress=H.progress_adapter(progress))
 
     for trigger, fn, inputs, shown in (
             ("trust_run", faithfulness_event, ["session", "trust_methods"],

@@ -610,7 +610,7 @@ def add_units_tab(page: Any, h: H.Handlers, pool: ModelPool, *, units: UnitsHand
     def visualise(session: Any, arch: str, device: str, objective: str, layer: str, unit: Any, klass: Any, steps: Any,
                   progress: gr.Progress = gr.Progress()) -> Iterator[dict[str, Any]]:  # noqa: B008
         return u.visualise(session, arch, device, objective, layer, unit, klass, steps,
-                           progress=lambda f, m: progress(f, desc=m))
+                           progress=H.progress_adapter(progress))
 
     run_out = ["units_trained", "units_untrained", "units_info"]
     gr.on([c["units_run"].click], _streamed(page, visualise, "visualising the unit"),
