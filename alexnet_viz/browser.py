@@ -92,8 +92,16 @@ class Driver:
         return locator.inner_text()
 
     def idle(self, timeout: int = SLOW_MS) -> None:
-        """Wait until no event is pending: Gradio ignores a second click on a button whose event runs."""
-        self.page.wait_for_function("() => document.querySelectorAll('.pending').length === 0", timeout=timeout)
+        """Wait until no event shown on screen is pending (Gradio ignores a second click on a button whose event
+        runs); on a time-out, say which components still spin."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        visible = "[...document.querySelectorAll('.pending')].filter(e => e.offsetParent !== null)"
+        try:
+            self.page.wait_for_function(f"() => {visible}.length === 0", timeout=timeout)
+        except PlaywrightTimeout:
+            spinning = self.page.evaluate(f"() => {visible}.map(e => (e.closest('[id]') || e).id)")
+            raise AssertionError(f"still pending after {timeout / 1000:.0f} s: {spinning}") from None
 
     def picture(self, elem_id: str) -> str:
         """The URL of the picture a component shows now ("" if none)."""

@@ -410,13 +410,16 @@ def occlusion_info(original: Analysis, result: OcclusionResult, seconds: float) 
 
 
 def _new_analysis(c: dict[str, Any]) -> list[Any]:
-    """Triggers that follow every new analysis: the status line and the top-5 (only the analysis writes them).
+    """The trigger that follows every new analysis: the status line (only the analysis writes it, and its
+    timings make it new every time).
 
     Not ``session.change``: Gradio hashes a State that has a change listener after every event, and a Session
-    (a frozen dataclass holding mapping proxies) cannot be hashed. The handlers compare the analysis's key,
-    so a trigger that fires without a new image changes nothing.
+    (a frozen dataclass holding mapping proxies) cannot be hashed. Not the top-5 as well: two triggers firing
+    together on an ``always_last`` event now and then left a panel's pending spinner on for good in Chromium
+    (seen in CI), which a visitor would see as a panel that never finishes. The handlers compare the
+    analysis's key, so a trigger that fires without a new image changes nothing.
     """
-    return [c["status"].change, c["top5"].change]
+    return [c["status"].change]
 
 
 def add_trust_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
