@@ -469,12 +469,17 @@ class Handlers:
             return {}
         act = session.analysis.activations[session.scene.layers[0]]
         opacity = _number(opacity, "opacity", 0.0, 1.0)
-        if act.ndim != 3:
-            return {"session": session.with_scene(opacity=opacity)}
-        c = int(_number(channel, "channel", 0, act.shape[0] - 1))
-        session = session.with_scene(channel=c, opacity=opacity)
-        loaded = self.model_for(session)
-        return {**self._layer_panels(loaded, session), **self._filters_panels(loaded, session), "session": session}
+        new_opacity = opacity != session.scene.opacity
+        out: dict[str, Any] = {}
+        if act.ndim == 3:
+            c = int(_number(channel, "channel", 0, act.shape[0] - 1))
+            session = session.with_scene(channel=c, opacity=opacity)
+            out.update(self._layer_panels(self.model_for(session), session))
+        else:
+            session = session.with_scene(opacity=opacity)
+        if new_opacity:  # the filter map shares the opacity; a channel change alone leaves the Filters tab as it is
+            out.update(self._filters_panels(self.model_for(session), session))
+        return {**out, "session": session}
 
     @friendly("picking a tile")
     def pick_tile(self, session: Session | None, evt: gr.SelectData) -> dict[str, Any]:
