@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 import zipfile
 from pathlib import Path
@@ -412,3 +413,30 @@ def test_events_with_nothing_to_update_skip_every_output(pool: ModelPool) -> Non
     out = analyze_event.fn(None, "torchvision", "cpu", "conv1", False, "viridis", 0.7, "saliency", 0.6, "auto", None)
     assert isinstance(out, tuple) and len(out) == len(analyze_event.outputs)
     assert all(o == gr.skip() for o in out)
+
+
+def test_no_trigger_with_an_always_last_listener_has_a_second_listener(pool: ModelPool) -> None:
+    """Gradio's page (6.x) repeats an ``always_last`` event that was triggered while it ran by dispatching its
+    whole trigger again: with two such listeners on one trigger each repeat restarts the other, and their
+    panels can spin forever (seen in Chromium when four followed the status line). So a trigger with an
+    ``always_last`` listener has no other; the panels that follow each analysis hang off it with ``.success``,
+    and every one of them runs after both ways an analysis starts (a new image, a model switch)."""
+    from collections import defaultdict
+
+    config = build_demo(pool).get_config_file()
+    listeners: dict[tuple[int, str], list[str]] = defaultdict(list)
+    modes: dict[tuple[int, str], set[str]] = defaultdict(set)
+    for dep in config["dependencies"]:
+        for target, event in dep["targets"]:
+            if target is not None:  # .then / .success steps are dispatched one by one
+                listeners[(target, event)].append(dep["api_name"])
+                modes[(target, event)].add(dep["trigger_mode"])
+    shared = {k: v for k, v in listeners.items() if len(v) > 1 and "always_last" in modes[k]}
+    assert not shared, shared
+    by_id = {dep["id"]: dep for dep in config["dependencies"]}
+    analyses = [d for d in config["dependencies"] if d["api_name"] in {"analyze", "analyze_1"}]
+    assert len(analyses) == 2
+    for analysis in analyses:
+        followers = {re.sub(r"_\d+$", "", by_id[d["id"]]["api_name"]) for d in config["dependencies"]
+                     if d.get("trigger_after") == analysis["id"] and d.get("trigger_only_on_success")}
+        assert {"refresh_neighbours", "refresh_inside", "trust_new_image", "occ_new_image"} <= followers, followers

@@ -75,11 +75,31 @@ class Page:
 
     A tab module (``TABS`` below) gets the page, the handlers and the model pool, adds its components to
     ``page.c`` inside its own ``gr.Tab`` and connects them with ``page.on``; it reads the visitor's session
-    as ``"session"`` and the image as ``"image"``, like every other tab.
+    as ``"session"`` and the image as ``"image"``, like every other tab. A panel that follows every new
+    analysis registers its handler with ``page.follow``.
     """
 
     def __init__(self) -> None:
         self.c: dict[str, Any] = {}
+        self.followers: list[tuple[Callable[..., Any], tuple[str, ...], tuple[str, ...]]] = []
+
+    def follow(self, fn: Callable[..., Any], inputs: Sequence[str], outputs: Sequence[str]) -> None:
+        """Run ``fn`` after every analysis that succeeds (a new image, example or model), as a step of its own.
+
+        Each follower hangs off the analysis with ``.success``, never off a component's ``change``: Gradio's
+        page (6.x) answers an ``always_last`` trigger that came while its event ran by dispatching the whole
+        *trigger* again, which restarts every listener of that trigger, so several ``always_last`` listeners on
+        one trigger (four once followed the status line) can restart one another for good, their panels
+        spinning forever. A ``.success`` step is dispatched by itself, so a repeat restarts that step alone.
+        ``tests/test_ui.py`` checks that no trigger with an ``always_last`` listener has a second listener.
+        """
+        self.followers.append((fn, tuple(inputs), tuple(outputs)))
+
+    def after_analysis(self, analysis: Any) -> None:
+        """Hang every follower off ``analysis`` (one event that writes the session)."""
+        for fn, inputs, outputs in self.followers:
+            analysis.success(self.event(fn, outputs), [self.c[n] for n in inputs], [self.c[n] for n in outputs],
+                             api_visibility="private", trigger_mode="always_last")
 
     def event(self, fn: Callable[..., Any], outputs: Sequence[str]) -> Callable[..., Any]:
         """``fn`` returns {name: value}; Gradio gets {component: value}, pictures as PNG files. An empty dict
@@ -276,8 +296,9 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         # One event for upload, webcam, paste and example clicks. We decode uploads ourselves
         # (preprocess=False) so that our intake, not Gradio, owns every error message. Progress (and, on a
         # refused file, Gradio's "Error" badge) on the predictions only; the sentence itself is the toast.
-        on([c["image"].change], h.analyze, ["image", "arch", "device", *view_inputs], analysis_outputs,
-           api_name="analyze", preprocess=False, trigger_mode="always_last", show_progress_on=[c["top5"]])
+        analysed = on([c["image"].change], h.analyze, ["image", "arch", "device", *view_inputs], analysis_outputs,
+                      api_name="analyze", preprocess=False, trigger_mode="always_last", show_progress_on=[c["top5"]])
+        page.after_analysis(analysed)
         on([c["examples"].select], h.pick_example, [], ["image", "example_caption"], api_visibility="private",
            **instant)
         on([c["layer"].input, c["sort"].input, c["cmap"].input], h.show_layer,
@@ -322,12 +343,13 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         switched = on([c["arch"].input, c["device"].input], h.switch_model, ["arch", "device", "session"],
                       ["banner", "target", "filters", "filters_caption"], api_visibility="private")
         arch_outputs = ["arch_table", "arch_chart", "arch_text"]
-        switched.success(
+        reanalysed = switched.success(
             _event(h.architecture, arch_outputs), [c["arch"]], [c[n] for n in arch_outputs],
             api_visibility="private").success(
             _event(h.analyze, analysis_outputs), [c[n] for n in ["image", "arch", "device", *view_inputs]],
             [c[n] for n in analysis_outputs], api_visibility="private", preprocess=False,
             show_progress_on=[c["top5"]])
+        page.after_analysis(reanalysed)
         switched.failure(_event(h.current_model, ["arch", "device"]), [c["session"]], [c["arch"], c["device"]],
                          api_visibility="private", **instant)
         untrained_box.expand(_event(h.untrained_filters, ["untrained", "untrained_note"]), [c["session"]],

@@ -409,19 +409,6 @@ def occlusion_info(original: Analysis, result: OcclusionResult, seconds: float) 
 # the tabs
 
 
-def _new_analysis(c: dict[str, Any]) -> list[Any]:
-    """The trigger that follows every new analysis: the status line (only the analysis writes it, and its
-    timings make it new every time).
-
-    Not ``session.change``: Gradio hashes a State that has a change listener after every event, and a Session
-    (a frozen dataclass holding mapping proxies) cannot be hashed. Not the top-5 as well: two triggers firing
-    together on an ``always_last`` event now and then left a panel's pending spinner on for good in Chromium
-    (seen in CI), which a visitor would see as a panel that never finishes. The handlers compare the
-    analysis's key, so a trigger that fires without a new image changes nothing.
-    """
-    return [c["status"].change]
-
-
 def add_trust_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
     """The "Can you trust this map?" tab: faithfulness, the sanity check and "why A and not B"."""
     from .layout import SLOW_GROUP, picture
@@ -476,8 +463,7 @@ def add_trust_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
             c["contrast_diff"] = picture("A minus B", show_label=False, elem_id="contrast-diff")
 
     outputs = [*TrustHandlers.TRUST_OUTPUTS, "trust_owner"]
-    on(_new_analysis(c), t.trust_new_image, ["session", "trust_owner"],
-       [*outputs, "contrast_a", "contrast_b"], api_visibility="private", trigger_mode="always_last")
+    page.follow(t.trust_new_image, ["session", "trust_owner"], [*outputs, "contrast_a", "contrast_b"])
     guard = page.event(t.trust_guard, outputs)
 
     def faithfulness_event(session: Any, methods: list[str],
@@ -543,8 +529,7 @@ def add_occlusion_tab(page: Page, h: H.Handlers, pool: ModelPool) -> None:
         return t.occ_click(session, state, size, fill, *index)
 
     # Fast events in the default group: one forward pass each, never behind another visitor's slow work.
-    on(_new_analysis(c), t.occ_new_image, ["session", "occ_state"], outputs, api_visibility="private",
-       trigger_mode="always_last")
+    page.follow(t.occ_new_image, ["session", "occ_state"], outputs)
     on([c["occ_view"].select], click, ["session", "occ_state", "occ_size", "occ_fill"], outputs,
        api_visibility="private", trigger_mode="always_last", show_progress="hidden")
     on([c["occ_undo"].click], t.occ_undo, ["session", "occ_state"], outputs, api_visibility="private")

@@ -602,9 +602,16 @@ def add_units_tab(page: Any, h: H.Handlers, pool: ModelPool, *, units: UnitsHand
     picked = [*controls_out, *pick_out, "units_trained", "units_untrained", "units_info"]
     on([c["units_objective"].input, c["units_layer"].input, c["banner"].change], pick, pick_in, picked,
        api_visibility="private", trigger_mode="always_last")
-    on([c["units_unit"].release], H.friendly("finding dataset examples")(u.examples), pick_in, pick_out,
+    # One listener per trigger where one is always_last (see Page.follow for why).
+    find_examples = H.friendly("finding dataset examples")(u.examples)
+
+    def new_unit(*args: Any) -> dict[str, Any]:
+        """Another unit: its dataset examples; the pictures of the old one gone."""
+        return {**find_examples(*args), "units_trained": None, "units_untrained": None}
+
+    on([c["units_unit"].release], new_unit, pick_in, [*pick_out, "units_trained", "units_untrained"],
        api_visibility="private", trigger_mode="always_last")
-    on([c["units_unit"].release, c["units_class"].input], lambda: {"units_trained": None, "units_untrained": None},
+    on([c["units_class"].input], lambda: {"units_trained": None, "units_untrained": None},
        [], ["units_trained", "units_untrained"], api_visibility="private", **INSTANT)
 
     def visualise(session: Any, arch: str, device: str, objective: str, layer: str, unit: Any, klass: Any, steps: Any,
@@ -618,11 +625,14 @@ def add_units_tab(page: Any, h: H.Handlers, pool: ModelPool, *, units: UnitsHand
           [c[n] for n in run_out], api_visibility="private", concurrency_id="slow-attributions",
           concurrency_limit=1, show_progress_on=[c["units_info"]])
     nb_out = ["units_neighbours", "units_neighbours_info", "units_stamp"]
-    on([tab.select], u.open_units, ["session", "units_stamp"], nb_out, api_visibility="private")
-    on([c["status"].change], u.refresh_neighbours, ["session", "units_stamp"], nb_out, api_visibility="private",
-       trigger_mode="always_last")
-    on([tab.select], H.friendly("finding dataset examples")(u.examples), pick_in, pick_out, api_visibility="private",
-       trigger_mode="always_last")
+    page.follow(u.refresh_neighbours, ["session", "units_stamp"], nb_out)
+
+    def open_tab(session: Any, stamp: Any, *args: Any) -> dict[str, Any]:
+        """The tab opened: the neighbours of the visitor's image (unless on screen) and the unit's examples."""
+        return {**u.open_units(session, stamp), **find_examples(session, *args)}
+
+    on([tab.select], open_tab, ["session", "units_stamp", *pick_in[1:]], [*nb_out, *pick_out],
+       api_visibility="private", trigger_mode="always_last")
 
 
 def add_inside_tab(page: Any, h: H.Handlers, pool: ModelPool, *, units: UnitsHandlers | None = None) -> None:
@@ -649,8 +659,7 @@ def add_inside_tab(page: Any, h: H.Handlers, pool: ModelPool, *, units: UnitsHan
            "inside_stamp", "inside_channel", "inside_towers"]
     on([tab.select], H.friendly("opening the tab")(u.open_inside), ["session", "inside_stamp"], out,
        api_visibility="private")
-    on([c["status"].change], H.friendly("following the new image")(u.refresh_inside),
-       ["session", "inside_stamp"], out, api_visibility="private", trigger_mode="always_last")
+    page.follow(H.friendly("following the new image")(u.refresh_inside), ["session", "inside_stamp"], out)
     on([c["inside_view"].select], H.friendly("picking a position")(u.inside_click), ["session", "inside_channel"], out,
        api_visibility="private")
     on([c["inside_channel"].release], H.friendly("following the filter")(u.inside),
