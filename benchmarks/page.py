@@ -192,28 +192,25 @@ def api_explain(client: Any, image: Path, method: str) -> Any:
 
 
 def api_analyze(client: Any, image: Path) -> Any:
-    """``/analyze``: what an upload on the page runs (every panel, the default layer and colour map)."""
+    """What an upload on the page runs: ``/analyze`` (the top-5, the status line) and then, as the page does
+    once that succeeds, ``/panels`` (every picture, the default layer and colour map); the first's outputs."""
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(image)), *ANALYZE_ARGS, api_name="/analyze")
+    first = client.predict(handle_file(str(image)), *ANALYZE_ARGS, api_name="/analyze")
+    client.predict(VIEW_DEFAULTS[1], api_name="/panels")
+    return first
 
 
 def api_upload(client: Any, image: Path, *, timeout: float) -> tuple[float, float, Any]:
-    """An upload on the page (``/analyze``), watched as it streams: seconds until its first outputs (the top-5)
-    arrive, seconds until every panel has, and the final outputs (``[0]`` is the top-5). A handler that returns
-    once gives both at the same moment."""
+    """An upload on the page: seconds until ``/analyze`` has given the top-5, seconds until ``/panels`` (which
+    the page runs next) has given every picture, and ``/analyze``'s outputs (``[0]`` is the top-5)."""
     from gradio_client import handle_file
 
     t0 = time.perf_counter()
-    job = client.submit(handle_file(str(image)), *ANALYZE_ARGS, api_name="/analyze")
-    first = None
-    while not job.done() and time.perf_counter() - t0 < timeout:
-        if first is None and job.outputs():
-            first = time.perf_counter() - t0
-        time.sleep(0.02)
-    result = job.result(timeout=max(0.1, timeout - (time.perf_counter() - t0)))
-    done = time.perf_counter() - t0
-    return (first if first is not None else done), done, result
+    result = client.submit(handle_file(str(image)), *ANALYZE_ARGS, api_name="/analyze").result(timeout=timeout)
+    first = time.perf_counter() - t0
+    client.submit(VIEW_DEFAULTS[1], api_name="/panels").result(timeout=max(0.1, timeout - first))
+    return first, time.perf_counter() - t0, result
 
 
 def top5_view(analysis: Any) -> str:

@@ -220,6 +220,7 @@ class Visitor:
                 self.analysed = True
                 if not page.shows_top5(out, self.mine.top5_view):
                     self.leak(tally, "analyze", "top-5 of another image")
+                self.call(tally, "panels", page.VIEW_DEFAULTS[1])  # the pictures, as the page asks next
         elif kind == "show_layer":
             layer = next(self.layers)
             out = self.call(tally, "show_layer", layer, *page.SHOW_LAYER_ARGS)

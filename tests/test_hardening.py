@@ -523,7 +523,9 @@ def test_the_page_reverts_the_dropdowns_when_a_switch_fails(pool: ModelPool) -> 
     assert {o._id for o in failure[0].outputs} == {c._id for c in _dropdowns(demo, "arch", "device")}
     assert [d.name for d in success] == ["architecture"]
     chained = [d for d in deps if d.trigger_after == success[0]._id]
-    assert [d.name for d in chained] == ["analyze"] and chained[0].trigger_only_on_success
+    assert [d.name for d in chained] == ["first_look"] and chained[0].trigger_only_on_success
+    pictures = [d for d in deps if d.trigger_after == chained[0]._id and d.name == "panels"]
+    assert len(pictures) == 1 and pictures[0].trigger_only_on_success  # then the new model's pictures
 
 
 def _dropdowns(demo: gr.Blocks, *elem_ids: str) -> list[Any]:

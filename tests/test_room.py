@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -209,6 +210,61 @@ def test_an_evicted_slow_map_comes_back_without_waiting_for_the_slow_lane(h: Han
     assert np.array_equal(_pixels(outs[0]["attr_image"]), _pixels(shown["attr_image"]))
 
 
+def _first(h: Handlers, path: str, visitor: str | None = None) -> dict[str, Any]:
+    return h.first_look({"path": path}, "torchvision", "cpu", "conv1", False, "viridis", 0.7, "saliency", 0.6,
+                        "auto", None, visitor=visitor)
+
+
+def test_the_top5_comes_first_and_the_pictures_after(h: Handlers) -> None:
+    """An upload on the page is two steps: the forward pass's answer (top-5, status line, no picture), then
+    every picture from that session; together they are exactly ``analyze``'s one-call result."""
+    first = _first(h, upload("cat.jpg"))
+    assert not any(isinstance(v, Image.Image) for v in first.values())
+    assert "drawing the pictures" in first["status"] and not first["session"].recipes
+    assert first["session"].scene.methods == ()  # no map is claimed before it exists
+    drawn = h.panels(first["session"], "integrated_gradients")  # a slow method: saliency meanwhile, and said so
+    assert drawn["session"].key == first["session"].key and drawn["method"] == "saliency"
+    assert drawn["session"].scene.methods == ("saliency",) and "press **Explain**" in drawn["attr_info"]
+    assert "ms in all" in drawn["status"]
+    whole = _analyze(h, upload("cat.jpg"))
+    assert first["top5"] == whole["top5"]
+    for name, picture in _pictures(drawn).items():
+        assert np.array_equal(picture, _pixels(whole[name])), name
+
+
+def test_pictures_of_a_replaced_image_are_not_sent(h: Handlers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A visitor gives image B while A's pictures are still to be drawn (or being drawn): A's step sends nothing,
+    so it cannot write A's session over B's; B's pictures are drawn from B. A visitor the registry does not know
+    (a direct call, or one it forgot) is drawn for."""
+    a = _first(h, upload("cat.jpg"), visitor="tab")
+    b = _first(h, upload("espresso.jpg"), visitor="tab")
+    assert h.panels(a["session"], "saliency", visitor="tab") == {}
+    out = h.panels(b["session"], "saliency", visitor="tab")
+    assert out["session"].key == b["session"].key and len(_pictures(out)) >= 5
+    assert h.panels(a["session"], "saliency", visitor="another tab")["session"].key == a["session"].key
+    from alexnet_viz import export
+
+    drawing = export.strongest_picture
+
+    def meanwhile(*args: Any, **kwargs: Any) -> Any:  # the visitor gives a third image while B is drawn
+        _first(h, upload("cat.jpg"), visitor="tab")
+        return drawing(*args, **kwargs)
+
+    monkeypatch.setattr(export, "strongest_picture", meanwhile)
+    assert h.panels(b["session"], "saliency", visitor="tab") == {}
+
+
+def test_the_latest_images_registry_is_bounded() -> None:
+    from alexnet_viz.ui.state import LatestImages
+
+    latest = LatestImages(capacity=3)
+    for i in range(5):
+        latest.record(f"tab{i}", f"key{i}")
+    assert latest.is_latest("tab4", "key4") and not latest.is_latest("tab4", "key3")
+    assert latest.is_latest("tab0", "anything")  # forgotten: drawn for
+    assert len(latest._keys) == 3
+
+
 # --- over HTTP --------------------------------------------------------------------------------------------------
 
 
@@ -295,6 +351,40 @@ def test_one_slow_job_per_visitor_over_http(pool: ModelPool) -> None:
     finally:
         release.set()
         handle.remove()
+
+
+@pytest.mark.slow
+def test_a_top5_never_waits_behind_the_rooms_pictures(pool: ModelPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two visitors' pictures are being drawn (held here) and fill the pictures' group: a third visitor's upload
+    still gets its top-5 at once, over HTTP, and every picture comes once the drawing is let go."""
+    from alexnet_viz import export
+
+    drawing, inside, release = export.strongest_picture, threading.Semaphore(0), threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        inside.release()
+        release.wait(60)
+        return drawing(*args, **kwargs)
+
+    monkeypatch.setattr(export, "strongest_picture", held)
+    args = ("torchvision", "cpu", "conv1", False, "viridis", 0.7, "saliency", 0.6, "auto")
+    try:
+        with _served(pool, queue_size=16) as (_demo, url):
+            clients = [Client(url, verbose=False) for _ in range(3)]
+            for client, name in zip(clients[:2], ("cat.jpg", "espresso.jpg"), strict=True):
+                client.predict(handle_file(upload(name)), *args, api_name="/analyze")
+            drawn = [client.submit("saliency", api_name="/panels") for client in clients[:2]]
+            assert inside.acquire(timeout=60) and inside.acquire(timeout=60)  # both slots of the group held
+            t0 = time.perf_counter()
+            top5 = clients[2].predict(handle_file(upload("cat.jpg")), *args, api_name="/analyze")[0]
+            assert "top5-row" in top5 and time.perf_counter() - t0 < 30
+            assert not any(job.done() for job in drawn)  # the pictures are still held
+            release.set()
+            for job in drawn:  # every picture arrives (as a downloaded PNG file)
+                pictures = [v for v in job.result(timeout=60) if str(v).endswith(".png")]
+                assert len(pictures) >= 5 and all(Path(v).is_file() for v in pictures), pictures
+    finally:
+        release.set()
 
 
 def _post_routes(app: Any) -> set[str]:

@@ -379,8 +379,11 @@ def test_pictures_are_written_once_per_content_atomically_at_png_level_1(pool: M
     # and the page's events are wrapped so: analyze's pictures arrive as such files
     demo = build_demo(pool)
     [analyze_event] = [e for e in demo.fns.values() if e.api_name == "analyze"]
-    out = analyze_event.fn({"path": upload("cat.jpg")}, "torchvision", "cpu", "conv1", False, "viridis", 0.7,
-                           "saliency", 0.6, "auto", None)
+    [panels_event] = [e for e in demo.fns.values() if e.api_name == "panels"]
+    first = analyze_event.fn({"path": upload("cat.jpg")}, "torchvision", "cpu", "conv1", False, "viridis", 0.7,
+                             "saliency", 0.6, "auto", None)
+    session = next(v for v in first.values() if isinstance(v, Session))
+    out = panels_event.fn(session, "saliency")
     files = [v for v in out.values() if isinstance(v, str) and v.endswith(".png")]
     assert len(files) >= 5 and all(Path(v).is_file() for v in files)
     assert not any(isinstance(v, Image.Image) for v in out.values())
@@ -434,9 +437,9 @@ def test_no_trigger_with_an_always_last_listener_has_a_second_listener(pool: Mod
     shared = {k: v for k, v in listeners.items() if len(v) > 1 and "always_last" in modes[k]}
     assert not shared, shared
     by_id = {dep["id"]: dep for dep in config["dependencies"]}
-    analyses = [d for d in config["dependencies"] if d["api_name"] in {"analyze", "analyze_1"}]
+    analyses = [d for d in config["dependencies"] if d["api_name"] in {"analyze", "first_look"}]
     assert len(analyses) == 2
     for analysis in analyses:
         followers = {re.sub(r"_\d+$", "", by_id[d["id"]]["api_name"]) for d in config["dependencies"]
                      if d.get("trigger_after") == analysis["id"] and d.get("trigger_only_on_success")}
-        assert {"refresh_neighbours", "refresh_inside", "trust_new_image", "occ_new_image"} <= followers, followers
+        assert {"refresh_neighbours", "refresh_inside", "trust_new_image", "occ_new_image", "panels"} <= followers

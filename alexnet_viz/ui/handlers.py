@@ -34,7 +34,7 @@ from ..model import LoadedModel, available_devices
 from ..summary import summarize
 from . import files
 from .server import ASSETS, DECODER, SLOW_LIMIT_S
-from .state import Lane, ModelPool, Session
+from .state import Lane, LatestImages, ModelPool, Session
 
 __all__ = ["Handlers", "friendly", "option_specs", "progress_adapter", "upload_path"]
 
@@ -298,6 +298,7 @@ class Handlers:
         self.pool = pool
         self.time_limit_s = time_limit_s  # the slow attributions of one request stop after this
         self.decode = decode or DECODER  # uploads are decoded in a worker process: a crash costs one request
+        self.latest = LatestImages()  # each visitor's latest image: older pictures are not sent (panels)
 
     # --- the model ---------------------------------------------------------------------------------
 
@@ -318,55 +319,88 @@ class Handlers:
     @friendly("analysing the image")
     def analyze(self, image: Any, arch: str, device: str, layer: str, sort: bool, cmap: str, opacity: float,
                 method: str, attr_alpha: float, attr_cmap: str, session: Session | None) -> dict[str, Any]:
-        """A new image (or model): one forward pass, then every panel from it. The attribution panel shows
-        the chosen method when it is quick; a slow one waits for the Explain button (and says so)."""
+        """A new image (or model), everything at once: :meth:`first_look` and then :meth:`panels`, as the page
+        shows them one after the other."""
+        first = self.first_look(image, arch, device, layer, sort, cmap, opacity, method, attr_alpha, attr_cmap,
+                                session)
+        if not first:
+            return {}
+        return {**first, **self.panels(first["session"], method)}
+
+    @friendly("analysing the image")
+    def first_look(self, image: Any, arch: str, device: str, layer: str, sort: bool, cmap: str, opacity: float,
+                   method: str, attr_alpha: float, attr_cmap: str, session: Session | None,
+                   visitor: str | None = None) -> dict[str, Any]:
+        """A new image (or model): one forward pass, and what it gives at once: the top-5, the status line, the
+        controls that depend on the model. The pictures follow in :meth:`panels`, a step of its own, so that a
+        room of visitors gets their predictions without waiting for everyone's pictures to be drawn.
+
+        ``visitor`` (Gradio's session hash on the page) records this image as the visitor's latest, which
+        :meth:`panels` checks before it writes."""
         if image is None:  # the image was cleared: keep what is on screen
             return {}
         cmap = _choice(cmap, "colour map", render_colormaps())
         opacity = _number(opacity, "opacity", 0.0, 1.0)
         attr_alpha = _number(attr_alpha, "opacity", 0.0, 1.0)
         loaded = self.model_for(session, arch, device)
-        timings: dict[str, float] = {}
-        with _timed(timings, "total"):
-            result = analyze(loaded, self.decode(upload_path(image)))
-            layer = layer if layer in result.activations else "conv1"
-            quick = method if method in METHODS and not METHODS[method].slow else "saliency"
-            with _timed(timings, "attribution"):
-                attr = explain(loaded, result, quick, layer=_default_cam_layer(loaded, METHODS[quick].layer_based))
-            new = Session.start(self.pool, loaded, result).with_attribution(attr)
-            new = new.with_scene(layers=(layer,), sort=bool(sort), cmap=cmap, channel=None, opacity=opacity,
-                                 filter=None, methods=(quick,), attr_alpha=attr_alpha, attr_cmap=attr_cmap,
-                                 compare=())
-            with _timed(timings, "render"):
-                out = {**self._filters_panels(loaded, new), **self._layer_panels(loaded, new),
-                       **self._attribution_panels(loaded, new)}
-                out["strongest"] = export.strongest_picture(loaded, result, cmap=cmap)
+        result = analyze(loaded, self.decode(upload_path(image)))
+        layer = layer if layer in result.activations else "conv1"
+        new = Session.start(self.pool, loaded, result).with_scene(
+            layers=(layer,), sort=bool(sort), cmap=cmap, channel=None, opacity=opacity, filter=None, methods=(),
+            attr_alpha=attr_alpha, attr_cmap=attr_cmap, compare=())
+        if visitor is not None:
+            self.latest.record(visitor, new.key)
         example = example_for(upload_path(image))
-        note = ""
-        if quick != method and method in METHODS:
-            note = (f" {METHODS[method].title} takes a while: press **Explain** to compute it for this image "
-                    f"(saliency is shown meanwhile).")
-        out["attr_info"] = out["attr_info"] + note
         return {
-            **out,
             "session": new,
             "top5": top5_html(result),
             "banner": banner(loaded),
-            "status": self._status(loaded, result, timings),
+            "status": self._status(loaded, result, {}),
             "layer": gr.update(choices=loaded.layer_names, value=layer),
             "cam_layer": gr.update(choices=loaded.conv_layers, value=_default_cam_layer(loaded, True)),
             "target": gr.update(choices=target_choices(loaded, result), value=""),
-            "method": quick,
             "compare_image": None,
             "example_caption": f"**{example.title}:** {example.caption}" if example else "",
         }
 
+    @friendly("drawing the panels")
+    def panels(self, session: Session | None, method: str, visitor: str | None = None) -> dict[str, Any]:
+        """Every picture of a new analysis (:meth:`first_look`'s session): the conv1 filters, the layer's grid
+        and channel, the strongest channels, and the attribution of the chosen method when it is quick (a slow
+        one waits for the Explain button, and the caption says so). Nothing if the visitor has given another
+        image since (``visitor``): that one's pictures come next, and this session must not overwrite it."""
+        if session is None or (visitor is not None and not self.latest.is_latest(visitor, session.key)):
+            return {}
+        loaded = self.model_for(session)
+        result = session.analysis
+        timings = dict(session.timings)
+        with _timed(timings, "drawing"):
+            quick = method if method in METHODS and not METHODS[method].slow else "saliency"
+            with _timed(timings, "attribution"):
+                attr = explain(loaded, result, quick, layer=_default_cam_layer(loaded, METHODS[quick].layer_based))
+            new = session.with_attribution(attr).with_scene(methods=(quick,))
+            with _timed(timings, "render"):
+                out = {**self._filters_panels(loaded, new), **self._layer_panels(loaded, new),
+                       **self._attribution_panels(loaded, new)}
+                out["strongest"] = export.strongest_picture(loaded, result, cmap=new.scene.cmap)
+        if quick != method and method in METHODS:
+            out["attr_info"] += (f" {METHODS[method].title} takes a while: press **Explain** to compute it for this "
+                                 "image (saliency is shown meanwhile).")
+        if visitor is not None and not self.latest.is_latest(visitor, session.key):
+            return {}  # another image arrived while these were drawn
+        return {**out, "session": new, "method": quick, "status": self._status(loaded, result, timings)}
+
     @staticmethod
     def _status(loaded: LoadedModel, result: Analysis, timings: Mapping[str, float]) -> str:
+        """The status line: the prediction and the forward pass at once; once the pictures are drawn, the time
+        of every step (``timings`` from :meth:`panels`)."""
         t = {**result.timings, **timings}
-        return (f"**{result.top1.label}** ({probability(result.top1.probability)}) · device `{loaded.device}` · "
-                f"{t['total'] * 1000:.0f} ms in all (forward {t['forward'] * 1000:.0f} ms, attribution "
-                f"{t['attribution'] * 1000:.0f} ms, drawing {t['render'] * 1000:.0f} ms)")
+        head = f"**{result.top1.label}** ({probability(result.top1.probability)}) · device `{loaded.device}` · "
+        if "drawing" not in t:
+            return head + f"forward {t['forward'] * 1000:.0f} ms · drawing the pictures…"
+        total = t["decode"] + t["preprocess"] + t["forward"] + t["drawing"]
+        return head + (f"{total * 1000:.0f} ms in all (forward {t['forward'] * 1000:.0f} ms, attribution "
+                       f"{t['attribution'] * 1000:.0f} ms, drawing {t['render'] * 1000:.0f} ms)")
 
     # --- panels from the session's scene -------------------------------------------------------------
 

@@ -21,12 +21,19 @@ from ..model import available_devices
 from . import handlers as H
 from . import trust_tab, units_tab
 from .files import as_png_files
-from .server import CACHE_MAX_AGE_S, CACHE_SWEEP_S, INSTANT, SESSION_TTL_S, SLOW_CONCURRENCY
+from .server import CACHE_MAX_AGE_S, CACHE_SWEEP_S, CONCURRENCY, INSTANT, SESSION_TTL_S, SLOW_CONCURRENCY
 from .state import ModelPool
 
 __all__ = ["CSS", "TABS", "Page", "build_demo", "picture"]
 
 SLOW_GROUP = "slow-attributions"  # concurrency_id of the events that can take seconds to minutes
+PANELS_GROUP = "panels"  # concurrency_id of drawing a new image's pictures (after its top-5)
+PICTURES = ("filters", "filter_map", "grid", "channel_view", "strongest", "attr_image")
+
+
+def _visitor(request: gr.Request | None) -> str | None:
+    """The visitor's Gradio session (None when a handler is called without a request, as in tests)."""
+    return getattr(request, "session_hash", None) if request is not None else None
 
 # Font sizes: 16 px body text on a laptop; presenter mode (a class on <body>, set by --presenter or the
 # toggle) gives 24 px body text and 20 px labels, readable from the back of a lecture hall.
@@ -286,19 +293,39 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                           concurrency_limit=SLOW_CONCURRENCY)
 
         view_inputs = ["layer", "sort", "cmap", "opacity", "method", "attr_alpha", "attr_cmap", "session"]
-        analysis_outputs = ["session", "top5", "banner", "status", "example_caption", "filters", "filter_map",
-                            "filter_info", "filters_caption", "grid", "layer_info", "layer_caption", "channel",
-                            "opacity", "channel_view", "channel_info", "strongest", "layer", "cam_layer", "target",
-                            "method", "attr_image", "attr_info", "compare_image"]
+        first_outputs = ["session", "top5", "banner", "status", "example_caption", "layer", "cam_layer", "target",
+                         "compare_image"]
+        panel_outputs = ["session", "status", "method", "filters", "filter_map", "filter_info", "filters_caption",
+                         "grid", "layer_info", "layer_caption", "channel", "opacity", "channel_view", "channel_info",
+                         "strongest", "attr_image", "attr_info"]
         layer_outputs = ["session", "grid", "layer_info", "layer_caption", "channel", "opacity", "channel_view",
                          "channel_info"]
         filter_outputs = ["session", "filters", "filter_map", "filter_info", "filters_caption"]
-        # One event for upload, webcam, paste and example clicks. We decode uploads ourselves
-        # (preprocess=False) so that our intake, not Gradio, owns every error message. Progress (and, on a
-        # refused file, Gradio's "Error" badge) on the predictions only; the sentence itself is the toast.
-        analysed = on([c["image"].change], h.analyze, ["image", "arch", "device", *view_inputs], analysis_outputs,
-                      api_name="analyze", preprocess=False, trigger_mode="always_last", show_progress_on=[c["top5"]])
-        page.after_analysis(analysed)
+
+        def first_look(image: Any, arch: str, device: str, *view: Any,
+                       request: gr.Request | None = None) -> dict[str, Any]:
+            return h.first_look(image, arch, device, *view, visitor=_visitor(request))
+
+        def panels(session: Any, method: str, request: gr.Request | None = None) -> dict[str, Any]:
+            return h.panels(session, method, visitor=_visitor(request))
+
+        def then_panels(analysis: Any, **kwargs: Any) -> None:
+            """After a new analysis: the followers of every tab, and the pictures in a group of their own, so
+            that the next visitors' top-5 never waits behind this visitor's pictures."""
+            page.after_analysis(analysis)
+            analysis.success(_event(panels, panel_outputs), [c["session"], c["method"]],
+                             [c[n] for n in panel_outputs], concurrency_id=PANELS_GROUP,
+                             concurrency_limit=CONCURRENCY, trigger_mode="always_last",
+                             show_progress_on=[c[n] for n in PICTURES], **kwargs)
+
+        # One event for upload, webcam, paste and example clicks: the top-5 first, then the pictures. We decode
+        # uploads ourselves (preprocess=False) so that our intake, not Gradio, owns every error message.
+        # Progress (and, on a refused file, Gradio's "Error" badge) on the predictions only; the sentence itself
+        # is the toast.
+        then_panels(on([c["image"].change], first_look, ["image", "arch", "device", *view_inputs], first_outputs,
+                       api_name="analyze", preprocess=False, trigger_mode="always_last",
+                       show_progress_on=[c["top5"]]),
+                    api_name="panels", api_visibility="undocumented")
         on([c["examples"].select], h.pick_example, [], ["image", "example_caption"], api_visibility="private",
            **instant)
         on([c["layer"].input, c["sort"].input, c["cmap"].input], h.show_layer,
@@ -343,13 +370,12 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         switched = on([c["arch"].input, c["device"].input], h.switch_model, ["arch", "device", "session"],
                       ["banner", "target", "filters", "filters_caption"], api_visibility="private")
         arch_outputs = ["arch_table", "arch_chart", "arch_text"]
-        reanalysed = switched.success(
+        then_panels(switched.success(
             _event(h.architecture, arch_outputs), [c["arch"]], [c[n] for n in arch_outputs],
             api_visibility="private").success(
-            _event(h.analyze, analysis_outputs), [c[n] for n in ["image", "arch", "device", *view_inputs]],
-            [c[n] for n in analysis_outputs], api_visibility="private", preprocess=False,
-            show_progress_on=[c["top5"]])
-        page.after_analysis(reanalysed)
+            _event(first_look, first_outputs), [c[n] for n in ["image", "arch", "device", *view_inputs]],
+            [c[n] for n in first_outputs], api_visibility="private", preprocess=False,
+            show_progress_on=[c["top5"]]), api_visibility="private")
         switched.failure(_event(h.current_model, ["arch", "device"]), [c["session"]], [c["arch"], c["device"]],
                          api_visibility="private", **instant)
         untrained_box.expand(_event(h.untrained_filters, ["untrained", "untrained_note"]), [c["session"]],

@@ -28,9 +28,9 @@ from ..analysis import Analysis, analyze
 from ..attribution import METHODS, Attribution, Contrast, attribute
 from ..export import Scene
 from ..model import LoadedModel, load_model
-from .server import RESULTS_BUDGET
+from .server import RESULTS_BUDGET, STATE_CAPACITY
 
-__all__ = ["Lane", "ModelPool", "Recipe", "ResultCache", "Session", "replica"]
+__all__ = ["Lane", "LatestImages", "ModelPool", "Recipe", "ResultCache", "Session", "replica"]
 
 Lane = Literal["main", "slow", "restore"]
 LANES: tuple[Lane, ...] = ("main", "slow", "restore")
@@ -293,3 +293,30 @@ class Session:
 
     def with_scene(self, **changes: Any) -> Session:
         return replace(self, scene=replace(self.scene, **changes))
+
+
+class LatestImages:
+    """Which analysis is each visitor's latest (their Gradio session hash -> the :class:`Session` key), for the
+    last ``capacity`` visitors: the pictures of an image the visitor has already replaced are not sent.
+
+    The page draws a new image's pictures in an event of its own, after the top-5. If the visitor gives another
+    image while that event runs, Gradio would write the older session over the newer one when it ends (a
+    session is a ``gr.State``, kept on the server and read when an event starts), and the newer image's
+    pictures would then be drawn from the older session. A visitor this registry has forgotten is drawn for.
+    """
+
+    def __init__(self, capacity: int = STATE_CAPACITY) -> None:
+        self._keys: OrderedDict[str, str] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def record(self, visitor: str, key: str) -> None:
+        with self._lock:
+            self._keys[visitor] = key
+            self._keys.move_to_end(visitor)
+            while len(self._keys) > self._capacity:
+                self._keys.popitem(last=False)
+
+    def is_latest(self, visitor: str, key: str) -> bool:
+        with self._lock:
+            return self._keys.get(visitor, key) == key
