@@ -43,16 +43,84 @@ def natural(loaded) -> torch.Tensor:  # (B, 3, 224, 224): the bundled photos, pr
     return torch.cat([loaded.preprocess(load_image(p)) for p in PHOTOS])
 
 
+CONV5_UNITS = sorted(np.random.default_rng(13).choice(256, size=5, replace=False).tolist())  # 5 at random
+
+
 @pytest.fixture(scope="module")
 def conv5_pictures(loaded):
-    """5 conv5 channels picked at random (seeded), optimised with the default recipe in one batch."""
-    units = sorted(np.random.default_rng(13).choice(256, size=5, replace=False).tolist())
-    return fv.visualize_units(loaded, "conv5", units, lock=None)
+    """The 5 conv5 channels, optimised with the default recipe in one batch."""
+    return fv.visualize_units(loaded, "conv5", CONV5_UNITS, lock=None)
 
 
-@pytest.fixture(scope="module")
-def conv5_scores(loaded, natural, conv5_pictures):
-    return [fv.assess(loaded, vis, natural) for vis in conv5_pictures]
+def _torchvision_state_dict(folder: Path, seed: int) -> Path:
+    """A real torchvision AlexNet state dict (``features.0.weight`` ...), saved as users save theirs.
+
+    torchvision's own initialisation (PyTorch's defaults: uniform weights, non-zero biases), not this
+    package's (Kaiming normal, zero biases): another family of weights, not just another seed."""
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        state = torchvision.models.alexnet().state_dict()
+    assert "features.0.weight" in state and "classifier.6.bias" in state
+    path = folder / f"torchvision-alexnet-seed{seed}.pt"
+    torch.save(state, path)
+    return path
+
+
+def _visualize_through_the_cli(weights: Path, out: Path) -> tuple[dict, list[fv.Visualization]]:
+    """`alexnet-viz visualize --layer conv5 --units ... --weights FILE --json`, as a user runs it: the
+    JSON it prints and its pictures as written to disk (PNG)."""
+    import contextlib
+    import io
+    import json
+
+    from alexnet_viz.cli import main
+
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setenv("ALEXNET_VIZ_CACHE", str(out / "cache"))
+        code = main(["visualize", "--layer", "conv5", "--units", ",".join(map(str, CONV5_UNITS)),
+                     "--weights", str(weights), "--arch", "torchvision", "--device", "cpu",
+                     "--out", str(out / "pictures"), "--json"])
+    assert code == 0
+    payload = json.loads(printed.getvalue())
+    pictures = []
+    for record in payload["units"]:
+        with Image.open(record["image"]) as im:
+            image = im.convert("RGB")
+        pictures.append(fv.Visualization(
+            image=image, arch=record["arch"], layer=record["layer"], unit=record["unit"],
+            objective=record["objective"], settings=fv.Settings(**record["settings"]), value=record["value"],
+            history=(), seconds=record["seconds"]))
+    return payload, pictures
+
+
+@pytest.fixture(scope="module",
+                params=["seeded untrained", pytest.param("torchvision state dict", marks=pytest.mark.slow)])
+def conv5_scores(request, tmp_path_factory):
+    """The acceptance numbers of the 5 conv5 pictures, for each kind of weights the acceptance names:
+    the seeded untrained model, and any torchvision AlexNet state dict passed with ``--weights`` (one
+    made here, through the CLI)."""
+    if request.param == "seeded untrained":
+        model, pictures = request.getfixturevalue("loaded"), request.getfixturevalue("conv5_pictures")
+    else:
+        folder = tmp_path_factory.mktemp("weights")
+        path = _torchvision_state_dict(folder, seed=7)
+        payload, pictures = _visualize_through_the_cli(path, folder)
+        model = load_model("torchvision", path, "cpu")  # the same file, loaded apart from the CLI
+        # The pictures are of these weights: the CLI's fingerprint is theirs, not the seeded model's.
+        seeded = request.getfixturevalue("loaded")
+        assert {u["weights"] for u in payload["units"]} == {fv.weights_fingerprint(model.module)[:16]}
+        assert payload["units"][0]["weights"] != fv.weights_fingerprint(seeded.module)[:16]
+        assert [v.unit for v in pictures] == CONV5_UNITS and all(v.image.size == (224, 224) for v in pictures)
+    photos = torch.cat([model.preprocess(load_image(p)) for p in PHOTOS])
+    scores = [fv.assess(model, vis, photos) for vis in pictures]
+    print(f"\nconv5 ({request.param}) units {CONV5_UNITS}:",
+          *(f"{k} {[round(s[k], 3) for s in scores]}"
+            for k in ("ratio", "rank_quantile", "hf_share", "scale_retention")),
+          f"median ratio {float(np.median([s['ratio'] for s in scores])):.2f}", sep="\n  ")
+    return scores
 
 
 # --- building blocks --------------------------------------------------------------------------------------
@@ -117,12 +185,11 @@ def test_weights_fingerprint_of_batchnorm_models_counts_their_statistics():
     assert fv.weights_fingerprint(model) != before
 
 
-# --- the acceptance criteria on conv5 of the seeded untrained torchvision AlexNet ----------------------
+# --- the acceptance criteria on conv5: the seeded untrained torchvision AlexNet, and a state dict file ------
 
 
 def test_conv5_pictures_excite_their_channel_far_above_natural_photos(conv5_scores):
     ratios = [s["ratio"] for s in conv5_scores]
-    print("conv5 ratios", [round(r, 2) for r in ratios], "median", round(float(np.median(ratios)), 2))
     assert float(np.median(ratios)) >= 2.0
     assert min(ratios) >= 2.0
 
