@@ -7,7 +7,8 @@ Lucent's recipe (``lucent.optvis``: ``param.spatial.fft_image``, ``param.color.t
   the same energy as in a natural photo), in a decorrelated colour basis, squashed by a sigmoid;
 - the image is 128 px, as Lucent's; each step shows the network a randomly transformed copy: pad 12
   (grey), jitter 8, scale 0.9-1.1, rotate +-10 degrees, jitter 4, upsampled (bilinear) to the network's
-  input size. A smaller input (cifar's 32) is optimised at its own size, with the amounts scaled down;
+  input size. A smaller input (cifar's 32) is optimised at its own size, with the amounts scaled, and so
+  is the first conv layer (11-pixel units: a 128 picture upsampled to 224 cannot hold their detail);
 - Adam at lr 0.05 ascends the objective: the unit's mean activation *before* its ReLU (a negative
   pre-activation behind a ReLU gives no gradient), or, for a class, its log-softmax or its margin over
   the runner-up (a raw logit rises as fast by raising every class).
@@ -84,7 +85,7 @@ Progress = Callable[[float, str], None]
 _COLOR_SVD_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32)
 _COLOR = _COLOR_SVD_SQRT / np.max(np.linalg.norm(_COLOR_SVD_SQRT, axis=0))
 _FFT_MAGIC = 4.0  # Lucid's constant: divides the image before the sigmoid; larger means less saturated
-_CACHE_VERSION = 1  # bump when the recipe changes, so old cached pictures are not served
+_CACHE_VERSION = 2  # bump when the recipe changes, so old cached pictures are not served
 
 
 class FeatVisError(UserError):
@@ -125,7 +126,7 @@ class Settings:
     decorrelate: bool = True  # Lucent's colour decorrelation
     transforms: bool = True  # pad, jitter, scale, rotate, jitter
     class_loss: str = "logsoftmax"  # the "class" objective's form: a key of CLASS_LOSSES
-    side: int | None = None  # the optimised image's side; None: param_side(input size), 128 or less
+    side: int | None = None  # the optimised image's side; None: param_side (128 or less; conv1: the input's)
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 4096:
@@ -288,9 +289,14 @@ class _Image:
 PARAM_SIDE = 128  # Lucent's image side; larger inputs see it upsampled, smaller ones (cifar) at their own
 
 
-def param_side(input_size: int) -> int:
-    """The side of the optimised image: 128, or the input's own side when it is smaller (no upsampling)."""
-    return min(input_size, PARAM_SIDE)
+def param_side(input_size: int, *, first_layer: bool = False) -> int:
+    """The side of the optimised image: 128, or the input's own side when it is smaller (no upsampling).
+
+    The first conv layer gets the input's own side: its units see 11 pixels, finer than a 128-pixel picture
+    upsampled to 224 can hold (on white-noise filters the best such picture reaches a cosine of only 0.42-0.45
+    with its filter, against 0.74 at 224; tests/test_featvis.py), and the network cut there is one convolution,
+    so the larger picture costs little."""
+    return input_size if first_layer else min(input_size, PARAM_SIDE)
 
 
 def _transform_amounts(size: int) -> tuple[int, int, int]:
@@ -380,7 +386,8 @@ def _optimise(
     every: int, lock: AbstractContextManager[Any] | None, progress: Progress | None,
 ) -> Iterator[Frame]:
     net = cut_network(loaded.module, layer)
-    image = _Image(len(units), settings.side or param_side(loaded.input_size), fourier=settings.fourier,
+    side = settings.side or param_side(loaded.input_size, first_layer=layer == loaded.conv_layers[0])
+    image = _Image(len(units), side, fourier=settings.fourier,
                    decorrelate=settings.decorrelate, seeds=[_unit_seed(settings.seed, layer, u) for u in units],
                    device=loaded.device)
     optimiser = torch.optim.Adam([image.param], lr=settings.lr)

@@ -278,10 +278,12 @@ def test_conv1_pixel_ascent_gives_the_sign_pattern_of_its_filter(loaded):
     assert min(cosines) >= 0.6 and max(others) <= 0.2
 
 
-def test_conv1_white_noise_filters_with_the_recipe_at_the_input_size(loaded):
+def test_conv1_white_noise_filters_with_the_default_recipe(loaded):
     """The recipe itself (Fourier basis, colour decorrelation, Adam, 128 steps) on the untrained network's
-    white-noise filters, with the picture at 224 px so that it can hold their detail: transforms off."""
-    settings = fv.Settings(transforms=False, side=224)
+    white-noise filters, transforms off. conv1's picture is at the input's 224 px by default
+    (``param_side``), so it can hold their detail (at 128 px it could not: the next test)."""
+    assert fv.param_side(224, first_layer=True) == 224 and fv.param_side(224) == 128
+    settings = fv.Settings(transforms=False)
     pictures = fv.visualize_units(loaded, "conv1", [0, 1, 2, 3, 4], objective="neuron", settings=settings,
                                   lock=None)
     cosines, others = _conv1_cosines(loaded, pictures)
@@ -292,7 +294,7 @@ def test_conv1_white_noise_filters_with_the_recipe_at_the_input_size(loaded):
     assert max(others) <= 0.2
 
 
-def test_conv1_default_recipe_reaches_the_best_128_pixel_picture_of_a_white_noise_filter(loaded):
+def test_conv1_recipe_at_128_pixels_reaches_the_best_128_pixel_picture_of_a_white_noise_filter(loaded):
     """At Lucent's 128 px (upsampled bilinearly to 224) the recipe cannot reach 0.6 on white-noise filters,
     and no method could: the best 128-pixel picture, computed here by hand, scores 0.42-0.45. The recipe
     gets 94-97% of that picture's gain over grey (measured; 90% asserted), and its cosine to within 0.05
@@ -303,7 +305,7 @@ def test_conv1_default_recipe_reaches_the_best_128_pixel_picture_of_a_white_nois
     up = torch.nn.functional.interpolate(torch.eye(128)[:, None], size=224, mode="linear", align_corners=True)
     rows = up[:, 0, CONV1_ROWS].T  # (11, 128)
     pictures = fv.visualize_units(loaded, "conv1", [0, 1, 2, 3, 4], objective="neuron",
-                                  settings=fv.Settings(transforms=False), lock=None)
+                                  settings=fv.Settings(transforms=False, side=128), lock=None)
     cosines, _ = _conv1_cosines(loaded, pictures)
     best_cosines, gains = [], []
     for vis, cosine in zip(pictures, cosines, strict=True):
@@ -339,7 +341,7 @@ def _gabors(count: int, seed: int) -> torch.Tensor:
 
 
 def test_conv1_centre_neuron_picture_is_its_filter():
-    """The default recipe (128 px), transforms off, on Gabor filters written into conv1 (trained-like)."""
+    """The default recipe (conv1: 224 px), transforms off, on Gabor filters written into conv1 (trained-like)."""
     loaded = load_model("torchvision", "none", "cpu")
     with torch.no_grad():
         loaded.conv1.weight.copy_(_gabors(64, seed=1))
