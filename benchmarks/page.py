@@ -224,3 +224,69 @@ def top5_view(analysis: Any) -> str:
 def shows_top5(analyze_outputs: Sequence[Any], expected_view: str) -> bool:
     """Whether /analyze's outputs show the top-5 drawn by :func:`top5_view` (its first output is the top-5)."""
     return bool(analyze_outputs[0] == expected_view)
+
+
+# --- the page's own events over raw HTTP ------------------------------------------------------------------------
+# gradio_client refuses the events the page keeps private (its Explain with sliders, for one); the page itself
+# calls them by index on Gradio's queue, and so does this visitor.
+
+# the page's sliders where each method costs the most: the finest occlusion grid, IG without its early stop
+MAX_SETTINGS: dict[str, dict[str, float]] = {
+    "occlusion": {"window": 8, "stride": 4, "perturbations_per_eval": 64},
+    "integrated_gradients": {"n_steps": 200, "internal_batch_size": 64, "tolerance": 0.0},
+}
+
+
+class PageTab:
+    """One browser tab over raw HTTP: its own Gradio session, an upload, the page's events by index."""
+
+    def __init__(self, url: str, *, timeout: float) -> None:
+        import uuid
+
+        import httpx
+
+        self.url, self.timeout = url.rstrip("/"), timeout
+        self.http = httpx.Client(timeout=timeout)
+        self.session = uuid.uuid4().hex
+        config = self.http.get(f"{self.url}/config").json()
+        self.fn = {d["api_name"]: d["id"] for d in config["dependencies"] if d.get("api_name")}
+
+    def upload(self, image: Path) -> dict[str, Any]:
+        with image.open("rb") as f:
+            answer = self.http.post(f"{self.url}/gradio_api/upload", files={"files": (image.name, f)})
+        answer.raise_for_status()
+        return {"path": answer.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": image.name}
+
+    def run(self, api_name: str, data: list[Any]) -> dict[str, Any]:
+        """Join the queue with the event ``api_name`` and wait for it; its last message (``success`` says how it
+        ended). A refusal at the door (a full queue, a second slow job) raises."""
+        answer = self.http.post(f"{self.url}/gradio_api/queue/join", json={
+            "data": data, "fn_index": self.fn[api_name], "session_hash": self.session, "event_data": None})
+        if answer.status_code != 200:
+            raise RuntimeError(f"{api_name} refused: {answer.status_code} {answer.text[:200]}")
+        event_id = answer.json()["event_id"]
+        import json
+
+        with self.http.stream("GET", f"{self.url}/gradio_api/queue/data",
+                              params={"session_hash": self.session}) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    msg = json.loads(line[5:])
+                    if msg.get("event_id") == event_id and msg.get("msg") == "process_completed":
+                        return dict(msg)
+        raise RuntimeError(f"{api_name}: the event stream ended before the event completed")
+
+    def analyze(self, image: Path) -> None:
+        done = self.run("analyze", [self.upload(image), *ANALYZE_ARGS, None])
+        if not done.get("success"):
+            raise RuntimeError(f"analyze failed: {str(done.get('output'))[:200]}")
+
+    def explain_at_max(self, method: str) -> dict[str, Any]:
+        """The page's Explain (its private event) for ``method`` with every slider where it costs the most."""
+        from alexnet_viz.ui.handlers import option_specs
+
+        values = {name: o.default for name, o in option_specs().items()} | MAX_SETTINGS[method]
+        return self.run("explain_event", [None, method, "", "conv5", 0.6, "auto", *values.values()])
+
+    def close(self) -> None:
+        self.http.close()
