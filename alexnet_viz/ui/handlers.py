@@ -305,13 +305,17 @@ class Handlers:
                   lane: Lane = "main") -> LoadedModel:
         """The visitor's model (or the one asked for); ``lane="slow"``: its replica for slow attributions,
         which shares the weights but not the lock, so the analyses of others never wait for it."""
-        arch = arch or (session.arch if session else self.pool.default_key[0])
+        arch = self.model_name(session, arch)
         device = device or (session.device if session else self.pool.default_key[1])
-        _choice(arch, "architecture", list(ARCHITECTURES))
+        _choice(arch, "architecture", self.pool.names())
         if device not in available_devices():
             raise _refuse(f"The device {_echo(device)} is not available on this server; it offers "
                           f"{', '.join(available_devices())}.")
         return self.pool.get(arch, device, lane)
+
+    def model_name(self, session: Session | None, arch: str | None = None) -> str:
+        """The pool's name of the model asked for (an architecture or "trained:<run>"), else the visitor's."""
+        return arch or (session.arch if session else self.pool.default_key[0])
 
     # --- one image -> everything on screen -------------------------------------------------------------
 
@@ -333,7 +337,7 @@ class Handlers:
             quick = method if method in METHODS and not METHODS[method].slow else "saliency"
             with _timed(timings, "attribution"):
                 attr = explain(loaded, result, quick, layer=_default_cam_layer(loaded, METHODS[quick].layer_based))
-            new = Session.start(self.pool, loaded, result).with_attribution(attr)
+            new = Session.start(self.pool, loaded, result, name=self.model_name(session, arch)).with_attribution(attr)
             new = new.with_scene(layers=(layer,), sort=bool(sort), cmap=cmap, channel=None, opacity=opacity,
                                  filter=None, methods=(quick,), attr_alpha=attr_alpha, attr_cmap=attr_cmap,
                                  compare=())
@@ -584,8 +588,13 @@ class Handlers:
 
     @friendly("summarising the architecture")
     def architecture(self, arch: str) -> dict[str, Any]:
-        arch = _choice(arch, "architecture", list(ARCHITECTURES))
-        s = summarize(arch)
+        arch = _choice(arch, "architecture", self.pool.names())
+        if arch in ARCHITECTURES:
+            s = summarize(arch)
+        else:  # a model trained here: its architecture at its own input size and number of classes
+            loaded = self.pool.get(arch, self.pool.default_key[1])
+            arch = loaded.arch
+            s = summarize(arch, num_classes=loaded.num_classes, input_size=loaded.input_size)
         rows = [[r.name, r.type, r.config, "x".join(map(str, r.output_shape)), f"{r.params:,}",
                  f"{r.param_share:.1%}", f"{r.macs / 1e6:,.1f} M", f"{r.mac_share:.1%}"] for r in s.layers]
         conv_p, conv_m = s.conv_share()
