@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -135,9 +136,10 @@ def bundled_folder(root: Path, *, per_class: int = BUNDLED_PER_CLASS, side: int 
     """A class folder made of the bundled example photos: one class a photo (named after its file), each with
     ``per_class`` random crops (a third to all of the photo), mirrored half the time and slightly tinted.
     Made once under ``root``; the same seed gives the same pictures."""
-    folder = root / f"bundled-{per_class}-{side}-{seed}"
+    folder = root / f"bundled-{per_class}-{side}-{seed}" / "example photos"  # the name the model card gives
     if folder.is_dir():
         return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
     listed = json.loads((ASSETS / "examples.json").read_text(encoding="utf-8"))
     rng = np.random.default_rng(seed)
     work = Path(tempfile.mkdtemp(prefix="bundled-", dir=root))
@@ -202,10 +204,12 @@ def extract_zip(path: str | os.PathLike[str], dest: Path, decode: Callable[[str]
                 continue
             if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            if info.file_size > MAX_BYTES or (info.file_size > 1_000_000
-                                              and info.file_size > RATIO * max(info.compress_size, 1)):
-                raise TrainingRefused(f"{H._echo(info.filename)} unpacks to {info.file_size:,} bytes: the zip looks "
-                                      "like a zip bomb and was refused.")
+            if info.file_size > MAX_BYTES:
+                raise TrainingRefused(f"The entry {H._echo(info.filename)} unpacks to {info.file_size:,} bytes, more "
+                                      f"than the {MAX_BYTES // 1_000_000} MB an image may be.")
+            if info.file_size > 1_000_000 and info.file_size > RATIO * max(info.compress_size, 1):
+                raise TrainingRefused(f"The entry {H._echo(info.filename)} unpacks to {info.file_size:,} bytes from "
+                                      f"{info.compress_size:,}: the zip looks like a zip bomb and was refused.")
             unpacked += info.file_size
             if unpacked > MAX_UNPACKED:
                 raise TrainingRefused(f"The zip unpacks to more than {MAX_UNPACKED // 1_000_000} MB; give a "
@@ -234,7 +238,7 @@ def extract_zip(path: str | os.PathLike[str], dest: Path, decode: Callable[[str]
                     with archive.open(info) as f:
                         data = f.read(MAX_BYTES + 1)  # the header's size may lie: never read more than this
                     if len(data) > MAX_BYTES:
-                        raise TrainingRefused(f"{H._echo(info.filename)} is larger than the "
+                        raise TrainingRefused(f"The entry {H._echo(info.filename)} is larger than the "
                                               f"{MAX_BYTES // 1_000_000} MB an image may be.")
                     temp = scratch / f"{n}{Path(info.filename).suffix.lower()}"
                     temp.write_bytes(data)
@@ -382,6 +386,7 @@ class TrainHandlers:
         self.runs.mkdir(parents=True, exist_ok=True)
         self.time_limit_s = time_limit_s
         self.names: dict[str, str] = {}  # run id -> its name, for the Architecture list
+        self.last: Run | None = None  # the latest run this page started
 
     # --- starting ------------------------------------------------------------------------------------
 
@@ -392,9 +397,9 @@ class TrainHandlers:
         if source == "zip":
             if not upload:
                 raise TrainingRefused("Upload a zip of class folders first (one folder per class).")
-            path = H.upload_path(upload)
-            data = extract_zip(path, folder / "data", self.h.decode)
-            return str(data), ""
+            path = Path(H.upload_path(upload))
+            stem = re.sub(r"[^\w .-]+", "_", path.stem).strip(" .") or "data"  # the model card's dataset name
+            return str(extract_zip(path, folder / stem, self.h.decode)), ""
         if source == "fashion-mnist":
             if not fashion_mnist_installed():
                 raise TrainingRefused("Fashion-MNIST is not installed on this server (Debian's "
@@ -424,7 +429,7 @@ class TrainHandlers:
             run = Run(id=run_id, owner=owner, name=name, config=config, device=device)
             if note:
                 run.lines.append(note)
-            _ACTIVE = run
+            _ACTIVE = self.last = run
             threading.Thread(target=self._work, args=(run,), name=f"train-{run_id}", daemon=True).start()
             return run
         except BaseException:
