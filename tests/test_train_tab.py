@@ -298,3 +298,75 @@ def test_training_is_off_on_a_space_unless_allowed(monkeypatch: pytest.MonkeyPat
         assert any(c["props"].get("elem_id") == "train-start" for c in config["components"])
     finally:
         T.allow_training(False)
+
+
+# ---- the tab in Chromium -----------------------------------------------------------------------------------
+
+
+def _wait_new_picture(d: Any, elem_id: str, before: str, timeout: int = 60_000) -> str:
+    """The picture's src once it differs from ``before`` (no wait for the page to be idle: the run goes on)."""
+    d.page.wait_for_function(
+        "([id, before]) => { const i = document.querySelector('#' + id + ' img');"
+        " return i && i.src && i.src !== before && i.complete; }", arg=[elem_id, before], timeout=timeout)
+    return d.picture(elem_id)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_train_tab_in_chromium(tmp_path: Path) -> None:
+    from alexnet_viz.browser import Driver, Watch, chromium, with_page
+    from alexnet_viz.launcher import UNTRAINED_CPU, launched_app
+
+    if chromium() is None:
+        pytest.skip("Debian's chromium is not installed")
+    archive = stripes_zip(tmp_path / "stripes.zip")
+    probe = tmp_path / "probe.png"
+    _stripes(False, np.random.default_rng(7)).resize((160, 160)).save(probe)
+
+    def walk(d: Driver, watch: Watch) -> None:
+        d.upload(probe)  # the visitor's image: the run's top-5 at the end is on it
+        d.tab("Train")
+        d.page.locator("#train-source").get_by_text("A zip of class folders").click()
+        d.page.locator("#train-zip input[type=file]").set_input_files(str(archive))
+        d.page.locator("#train-zip").get_by_text("stripes.zip").wait_for(timeout=30_000)
+        d.set_slider("train-epochs", 30)  # 360 optimizer steps, so Stop has a run to stop
+        d.page.locator("#train-start").click()
+        # The curves are drawn again as the run goes (a new picture each time), and conv1 too.
+        first = _wait_new_picture(d, "train-curves", "")
+        second = _wait_new_picture(d, "train-curves", first)
+        third = _wait_new_picture(d, "train-curves", second)
+        assert len({first, second, third}) == 3
+        filters = d.picture("train-filters")
+        assert re.match(r"\s*Training cifar on stripes \S+: step \d+ of 360, ", d.text("train-status")), \
+            d.text("train-status")
+        d.page.wait_for_function(  # past step 150: the learning rate's peak (54) is behind, the stripes learnt
+            "() => { const m = document.querySelector('#train-status').innerText.match(/step (\\d+) of/);"
+            " return m && +m[1] >= 150; }", timeout=120_000)
+        assert filters and d.picture("train-filters") not in ("", filters)  # conv1 redrawn as it learns
+        d.check("the run going")
+        d.page.locator("#train-stop").click()
+        status = d.wait_text("train-status", r"^Stopped \(by you\) after \d+ optimizer steps", timeout=60_000)
+        name = re.search(r"Choose trained here: (.+?) in the Architecture list", status)
+        assert name, status
+        assert sorted(d.page.locator("#train-top5 .top5-label").all_inner_texts()) == ["horizontal", "vertical"]
+        d.page.evaluate("() => window.scrollTo(0, document.querySelector('#train-source').getBoundingClientRect().top"
+                        " + window.scrollY - 150)")
+        d.page.screenshot(path=str(tmp_path / "screenshot-train.png"))
+        d.check("Stop")
+        # The trained network, chosen in the Architecture list, answers with its own classes on a new upload.
+        before = d.text("status")
+        d.choose("arch", f"trained here: {name.group(1)}")
+        d.wait_text("banner", r"trained here: stripes, 30 epochs")
+        d.wait_text("status", r"ms in all", changed_from=before)
+        assert sorted(d.page.locator("#top5 .top5-label").all_inner_texts()) == ["horizontal", "vertical"]
+        d.upload(ASSETS / "cat.jpg")
+        labels = d.page.locator("#top5 .top5-label").all_inner_texts()
+        assert sorted(labels) == ["horizontal", "vertical"], labels
+        d.tab("Architecture")
+        d.wait_text("arch-text", r"at 32x32")
+        d.check("the trained model on a new image")
+        assert not watch.console_errors, watch.console_errors
+        assert watch.hosts() <= {"127.0.0.1"}, watch.hosts()
+
+    with launched_app(tmp_path / "app", UNTRAINED_CPU, env={"SPACE_ID": ""}) as app:
+        with_page(app.url, walk)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import export
+from .. import render
 from ..analysis import analyze
 from ..architectures import ARCHITECTURES
 from ..errors import UserError
@@ -71,7 +71,7 @@ MIN_PER_CLASS = 2
 IMAGE_SIDE = 96  # the decoded images are kept this large at most (the 32 px cifar net needs no more)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 BUNDLED_PER_CLASS = 24  # crops of each bundled photo
-ARCH_CHOICES = [(f"{name}: {spec.title}", name) for name, spec in ARCHITECTURES.items()]
+ARCH_CHOICES = [(f"{name} ({spec.input_size} px)", name) for name, spec in ARCHITECTURES.items()]
 
 SOURCES = {
     "bundled": "The bundled example photos",
@@ -117,7 +117,8 @@ OFF_SENTENCE = ("Training is off on this public server; whoever runs it can turn
                 "`--allow-training` (it is always on when you run `python app.py` on your own computer).")
 
 
-def fashion_mnist_installed(folder: Path = FASHION_MNIST_DIR) -> bool:
+def fashion_mnist_installed(folder: Path | None = None) -> bool:
+    folder = FASHION_MNIST_DIR if folder is None else folder
     return all((folder / f).is_file() or (folder / f"{f}.gz").is_file() for f in FASHION_MNIST_FILES)
 
 
@@ -325,6 +326,7 @@ def curves_picture(data: Mapping[str, list[float]], title: str = "") -> Image.Im
     the validation set at the end of each epoch (dots)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: this runs beside other threads' figures
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(12, 4.2), dpi=100)
     FigureCanvasAgg(fig)
@@ -338,6 +340,7 @@ def curves_picture(data: Mapping[str, list[float]], title: str = "") -> Image.Im
         if data[val]:
             ax.plot(data["val_step"], data[val], "o-", color="#d62728", linewidth=2, label="validation (epochs)")
         ax.set(xlabel="optimizer step", ylabel=what, title=what)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if steps or data[val]:
             ax.legend(loc="best")
@@ -357,9 +360,9 @@ def filters_picture(run: Run) -> Image.Image | None:
     if run.conv1 is None:
         return None
     step, weight = run.conv1
-    from .. import render
-
-    return render.label(export.conv1_grid(weight), f"conv1 after optimizer step {step}")
+    k = int(weight.shape[-1])  # each filter ~48 px, as in train's filters.gif: the grid fits beside the curves
+    return render.label(render.filter_grid(weight.float().numpy(), scale=max(2, 48 // k)),
+                        f"conv1 after optimizer step {step}")
 
 
 # -------------------------------------------------------------------------------------------------------
