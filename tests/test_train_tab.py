@@ -4,6 +4,8 @@ zip intake, off on a public Space; and the whole of it in Chromium."""
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
 import stat
 import zipfile
@@ -351,7 +353,8 @@ def test_train_tab_in_chromium(tmp_path: Path) -> None:
         assert sorted(d.page.locator("#train-top5 .top5-label").all_inner_texts()) == ["horizontal", "vertical"]
         d.page.evaluate("() => window.scrollTo(0, document.querySelector('#train-source').getBoundingClientRect().top"
                         " + window.scrollY - 150)")
-        d.page.screenshot(path=str(tmp_path / "screenshot-train.png"))
+        # The README's picture: ALEXNET_VIZ_SCREENSHOTS=docs writes it there.
+        d.page.screenshot(path=str(Path(os.environ.get("ALEXNET_VIZ_SCREENSHOTS", tmp_path)) / "screenshot-train.png"))
         d.check("Stop")
         # The trained network, chosen in the Architecture list, answers with its own classes on a new upload.
         before = d.text("status")
@@ -370,3 +373,46 @@ def test_train_tab_in_chromium(tmp_path: Path) -> None:
 
     with launched_app(tmp_path / "app", UNTRAINED_CPU, env={"SPACE_ID": ""}) as app:
         with_page(app.url, walk)
+
+
+def test_a_run_on_the_bundled_photos(h: Any, tmp_path: Path) -> None:
+    """One epoch on the bundled photos: their classes, and the caveat that goes with them."""
+    t = T.TrainHandlers(h, tmp_path)
+    final = list(t.start("visitor", "bundled", None, "cifar", 1, None))[-1]
+    run = t.last
+    assert run is not None and run.result is not None
+    names = sorted(Path(e["file"]).stem for e in json.loads((ASSETS / "examples.json").read_text()))
+    assert list(run.result.card["classes"]) == names and run.result.card["train_size"] == 134  # 168 - 17 - 17
+    assert run.result.card["dataset"] == "example photos"
+    assert final["train_status"].startswith("**Finished: 11 optimizer steps**")  # batch 13
+    assert "the network learns to tell these photos apart" in final["train_status"]
+
+
+def test_a_run_that_fails_says_so_and_keeps_nothing(h: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import alexnet_viz.train as engine
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise engine.DataError("3 images are too few to split into training, validation and test sets.")
+
+    monkeypatch.setattr(T, "train", broken)
+    t = T.TrainHandlers(h, tmp_path)
+    final = list(t.start("visitor", "bundled", None, "cifar", 1, None))[-1]
+    assert final["train_status"] == ("**The run failed:** 3 images are too few to split into training, validation "
+                                     "and test sets.")
+    assert "arch" not in final and T.active_run() is None
+    assert [p.name for p in tmp_path.iterdir()] == ["bundled-24-64-0"]  # the run's folder is gone
+
+
+def test_fashion_mnist_says_when_it_is_not_installed(h: Any, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(T, "FASHION_MNIST_DIR", tmp_path / "absent")
+    assert T.source_choices()[2] == ("Fashion-MNIST (not installed: `apt install dataset-fashion-mnist`)",
+                                     "fashion-mnist")
+    with pytest.raises(T.TrainingRefused, match=r"^Fashion-MNIST is not installed on this server"):
+        next(T.TrainHandlers(h, tmp_path).start("visitor", "fashion-mnist", None, "cifar", 1, None))
+    folder = tmp_path / "present"
+    folder.mkdir()
+    for name in T.FASHION_MNIST_FILES:
+        (folder / f"{name}.gz").write_bytes(b"")
+    monkeypatch.setattr(T, "FASHION_MNIST_DIR", folder)
+    assert T.source_choices()[2] == ("Fashion-MNIST", "fashion-mnist")

@@ -290,7 +290,8 @@ class Run:
     result: TrainResult | None = None
     error: str | None = None
     model_name: str | None = None  # the pool's name once registered
-    stopped_by: str = ""  # why it was stopped ("you", "the time limit", "the page was closed")
+    stopped_by: str = ""  # why it was stopped ("by you", "the time limit", "the page was closed")
+    note: str = ""  # what to know about the data (the bundled photos' caveat)
 
     def on_step(self, info: StepInfo) -> None:
         self.total_steps = info.total_steps
@@ -385,8 +386,12 @@ class TrainHandlers:
     def __init__(self, h: H.Handlers, runs: Path | None = None, *, time_limit_s: float = TRAIN_LIMIT_S) -> None:
         self.h = h
         self.pool: ModelPool = h.pool
-        self.runs = Path(runs) if runs is not None else Path(tempfile.mkdtemp(prefix="alexnet-viz-train-"))
-        self.runs.mkdir(parents=True, exist_ok=True)
+        if runs is None:  # a folder of our own, gone with this object (or at exit)
+            self.runs = Path(tempfile.mkdtemp(prefix="alexnet-viz-train-"))
+            weakref.finalize(self, shutil.rmtree, self.runs, ignore_errors=True)
+        else:
+            self.runs = Path(runs)
+            self.runs.mkdir(parents=True, exist_ok=True)
         self.time_limit_s = time_limit_s
         self.names: dict[str, str] = {}  # run id -> its name, for the Architecture list
         self.last: Run | None = None  # the latest run this page started
@@ -420,6 +425,7 @@ class TrainHandlers:
         n_epochs = int(H._number(epochs, "number of epochs", 0, 100))
         if not _RUN_LOCK.acquire(blocking=False):
             raise TrainingRefused("A training run is in progress on this server; wait until it ends, then try again.")
+        folder: Path | None = None
         try:
             run_id = time.strftime("%H%M%S-") + uuid.uuid4().hex[:6]
             folder = self.runs / run_id
@@ -429,15 +435,15 @@ class TrainHandlers:
             device = device or self.pool.default_key[1]
             config = TrainConfig(arch=arch, data=data, out=str(folder / "run"), epochs=n_epochs or None, seed=seed,
                                  device=device, init="none", snapshots=0)
-            run = Run(id=run_id, owner=owner, name=name, config=config, device=device)
-            if note:
-                run.lines.append(note)
+            run = Run(id=run_id, owner=owner, name=name, config=config, device=device, note=note)
             _ACTIVE = self.last = run
             threading.Thread(target=self._work, args=(run,), name=f"train-{run_id}", daemon=True).start()
             return run
         except BaseException:
             _ACTIVE = None
             _RUN_LOCK.release()
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
             raise
 
     def _work(self, run: Run) -> None:
@@ -458,6 +464,8 @@ class TrainHandlers:
             log.exception("training run %s failed", run.id)
             run.error = "Something went wrong while training; please try again."
         finally:
+            if run.model_name is None:  # nothing to keep
+                shutil.rmtree(Path(run.config.out).parent, ignore_errors=True)
             _ACTIVE = None
             run.done.set()
             _RUN_LOCK.release()
@@ -473,13 +481,14 @@ class TrainHandlers:
             val = (f"; validation accuracy {last['val_accuracy']:.1%} after epoch {last['epoch']:g}" if last else "")
             head = run.lines[-1] if run.lines and not run.steps else ""
             return (f"**Training** {html.escape(run.name)}: step {done}{of}, {seconds:.0f} s{val}. "
-                    + (html.escape(head) if head else "Press **Stop** to end it early."))
+                    + (html.escape(head) if head else "Press **Stop** to end it early.")
+                    + (f"\n\n{run.note}" if run.note else ""))
         r = run.result
         if run.error or r is None:
             return f"**The run failed:** {html.escape(run.error or 'it ended without a result')}"
         how = (f"Stopped ({run.stopped_by or 'on request'}) after {done} optimizer steps" if r.stopped
                else f"Finished: {done} optimizer steps")
-        warn = "".join(f"\n\n⚠ {html.escape(w)}" for w in run.warnings)
+        warn = "".join(f"\n\n⚠ {html.escape(w)}" for w in run.warnings) + (f"\n\n{run.note}" if run.note else "")
         return (f"**{how}** in {r.seconds:.0f} s; test accuracy **{r.test_accuracy:.1%}** on "
                 f"{r.card.get('test_size', '?')} images. Choose **trained here: {html.escape(run.name)}** in the "
                 f"Architecture list above to use it in every tab.{warn}")
