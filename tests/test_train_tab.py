@@ -160,6 +160,10 @@ def test_stop_ends_the_run_within_a_few_steps_and_a_second_start_is_refused(t: T
     with pytest.raises(T.TrainingRefused, match="started by someone else"):
         t.stop("other")
     assert not run.stop.is_set()
+    # The run takes no lock the page needs: another visitor's image is analysed meanwhile.
+    out = t.h.analyze({"path": upload("cat.jpg")}, "cifar", "cpu", "conv1", False, "viridis", 0.7, "saliency", 0.6,
+                      "auto", None)
+    assert out["session"].arch == "cifar" and not run.done.is_set()
     asked_at = len(run.steps)
     assert t.stop("visitor") == {"train_status": "Stopping after this optimizer step ..."}
     final = list(updates)[-1]
@@ -174,6 +178,25 @@ def test_stop_ends_the_run_within_a_few_steps_and_a_second_start_is_refused(t: T
     assert T.active_run() is None
     with pytest.raises(T.TrainingRefused, match=r"^No training run is in progress\.$"):
         t.stop("visitor")
+
+
+def test_a_closed_page_stops_its_run(t: T.TrainHandlers, zipped: str) -> None:
+    updates = t.start("visitor", "zip", {"path": zipped}, "cifar", 100, None)
+    _follow_until(updates, t, 2)
+    run = t.last
+    assert run is not None
+    updates.close()  # what Gradio does to the event of a visitor who left
+    assert run.done.wait(60) and run.result is not None and run.result.stopped
+    assert run.stopped_by == "the page was closed" and T.active_run() is None
+
+
+def test_a_run_stops_at_the_time_limit(h: Any, zipped: str, tmp_path: Path) -> None:
+    t = T.TrainHandlers(h, tmp_path, time_limit_s=2.0)
+    final = list(t.start("visitor", "zip", {"path": zipped}, "cifar", 100, None))[-1]
+    run = t.last
+    assert run is not None and run.result is not None and run.result.stopped
+    assert final["train_status"].startswith("**Stopped (the 2 s time limit) after ")
+    assert len(run.steps) < 1200
 
 
 def test_the_pool_keeps_the_last_few_trained_models(finished: tuple[T.Run, list[dict[str, Any]]]) -> None:

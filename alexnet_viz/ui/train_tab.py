@@ -528,25 +528,31 @@ class TrainHandlers:
         """Start a run and follow it: a new curves picture at most every second, conv1 when a new copy came,
         then the result. The run is stopped if the visitor leaves or it passes the time limit."""
         run = self.begin(owner, source, upload, arch, epochs)
-        yield {"train_status": self.status(run), "train_curves": self._curves(run), "train_filters": None,
-               "train_top5": ""}
-        drawn_steps, drawn_filters, last = 0, -1, 0.0
-        while not run.done.wait(POLL_S):
-            if not run.stop.is_set():
-                if time.monotonic() - run.started > self.time_limit_s:
-                    run.stopped_by = f"the {self.time_limit_s:.0f} s time limit"
-                    run.stop.set()
-                elif H._event_gone(event):
-                    run.stopped_by = "the page was closed"
-                    run.stop.set()
-            if len(run.steps) == drawn_steps or time.monotonic() - last < DRAW_EVERY_S:
-                continue
-            drawn_steps, last = len(run.steps), time.monotonic()
-            out = {"train_status": self.status(run), "train_curves": self._curves(run)}
-            if run.conv1 is not None and run.conv1[0] != drawn_filters:
-                drawn_filters = run.conv1[0]
-                out["train_filters"] = filters_picture(run)
-            yield out
+        try:
+            yield {"train_status": self.status(run), "train_curves": self._curves(run), "train_filters": None,
+                   "train_top5": ""}
+            drawn_steps, drawn_filters, last = 0, -1, 0.0
+            while not run.done.wait(POLL_S):
+                if not run.stop.is_set():
+                    if time.monotonic() - run.started > self.time_limit_s:
+                        run.stopped_by = f"the {self.time_limit_s:.0f} s time limit"
+                        run.stop.set()
+                    elif H._event_gone(event):
+                        run.stopped_by = "the page was closed"
+                        run.stop.set()
+                if len(run.steps) == drawn_steps or time.monotonic() - last < DRAW_EVERY_S:
+                    continue
+                drawn_steps, last = len(run.steps), time.monotonic()
+                out = {"train_status": self.status(run), "train_curves": self._curves(run)}
+                if run.conv1 is not None and run.conv1[0] != drawn_filters:
+                    drawn_filters = run.conv1[0]
+                    out["train_filters"] = filters_picture(run)
+                yield out
+        except GeneratorExit:  # Gradio closed the event (the visitor left or cancelled): nobody watches the run
+            if not run.done.is_set():
+                run.stopped_by = "the page was closed"
+                run.stop.set()
+            raise
         yield self._final(run, image)
 
     def stop(self, owner: str) -> dict[str, Any]:
