@@ -170,9 +170,9 @@ def test_stop_ends_the_run_within_a_few_steps_and_a_second_start_is_refused(t: T
     assert run.result is not None and run.result.stopped
     assert len(run.steps) <= asked_at + 2  # the step under way when Stop came, at most one more
     assert run.result.card["stopped"] is True and run.result.card["steps"] == run.steps[-1][0]
-    *full, part = run.result.history  # the epochs done, then the part of the one Stop cut short, validated
-    assert [r["epoch"] for r in full] == list(range(1, len(full) + 1))
-    assert part["epoch"] == round(run.steps[-1][0] / 12, 3) != len(full) + 1
+    # The epochs done, then the part of the one Stop cut short, validated (none if Stop came between two epochs).
+    n = run.steps[-1][0]
+    assert [r["epoch"] for r in run.result.history] == [*range(1, n // 12 + 1), *([round(n / 12, 3)] if n % 12 else [])]
     assert final["train_status"].startswith(f"**Stopped (by you) after {run.steps[-1][0]} optimizer steps**")
     assert f"trained:{run.id}" in pool.trained  # a stopped run's model is usable too
     assert T.active_run() is None
@@ -200,8 +200,10 @@ def test_a_run_stops_at_the_time_limit(h: Any, zipped: str, tmp_path: Path) -> N
 
 
 def test_the_pool_keeps_the_last_few_trained_models(finished: tuple[T.Run, list[dict[str, Any]]]) -> None:
+    import gradio as gr
+
     from alexnet_viz.errors import UserError
-    from alexnet_viz.ui import ModelPool
+    from alexnet_viz.ui import Handlers, ModelPool
 
     run, _ = finished
     weights = Path(run.config.out) / "model.safetensors"
@@ -212,6 +214,14 @@ def test_the_pool_keeps_the_last_few_trained_models(finished: tuple[T.Run, list[
     assert (name, forgotten, small.trained) == ("trained:c", [weights], ["trained:b", "trained:c"])
     with pytest.raises(UserError, match="no longer kept"):
         small.get("trained:a", "cpu")
+    h = Handlers(small)  # the page says the same sentence, for a switch and for the Architecture tab
+    for event in (lambda: h.switch_model("trained:a", "cpu", None), lambda: h.architecture("trained:a")):
+        with pytest.raises(gr.Error) as info:
+            event()
+        assert info.value.message == ("The model 'a' trained here is no longer kept (only the last few are); train "
+                                      "it again or choose another architecture.")
+    with pytest.raises(gr.Error, match="Unknown architecture"):
+        h.architecture("resnet")
     small.get("torchvision", "cpu")  # evicts trained:b (max_models 2: the default and one more) ...
     assert small.get("trained:b", "cpu").categories == ("horizontal", "vertical")  # ... which loads again
 

@@ -34,7 +34,7 @@ from ..model import LoadedModel, available_devices
 from ..summary import summarize
 from . import files
 from .server import ASSETS, DECODER, SLOW_LIMIT_S
-from .state import Lane, ModelPool, Session
+from .state import TRAINED_PREFIX, Lane, ModelPool, Session
 
 __all__ = ["Handlers", "friendly", "option_specs", "progress_adapter", "upload_path"]
 
@@ -307,7 +307,8 @@ class Handlers:
         which shares the weights but not the lock, so the analyses of others never wait for it."""
         arch = self.model_name(session, arch)
         device = device or (session.device if session else self.pool.default_key[1])
-        _choice(arch, "architecture", self.pool.names())
+        if not str(arch).startswith(TRAINED_PREFIX):  # a model trained here the pool forgot: the pool says so
+            _choice(arch, "architecture", self.pool.names())
         if device not in available_devices():
             raise _refuse(f"The device {_echo(device)} is not available on this server; it offers "
                           f"{', '.join(available_devices())}.")
@@ -588,13 +589,14 @@ class Handlers:
 
     @friendly("summarising the architecture")
     def architecture(self, arch: str) -> dict[str, Any]:
-        arch = _choice(arch, "architecture", self.pool.names())
         if arch in ARCHITECTURES:
             s = summarize(arch)
-        else:  # a model trained here: its architecture at its own input size and number of classes
-            loaded = self.pool.get(arch, self.pool.default_key[1])
+        elif isinstance(arch, str) and arch.startswith(TRAINED_PREFIX):  # a model trained here: its architecture
+            loaded = self.model_for(None, arch)  # at its own input size and number of classes
             arch = loaded.arch
             s = summarize(arch, num_classes=loaded.num_classes, input_size=loaded.input_size)
+        else:
+            raise _refuse(f"Unknown architecture {_echo(arch)}.")
         rows = [[r.name, r.type, r.config, "x".join(map(str, r.output_shape)), f"{r.params:,}",
                  f"{r.param_share:.1%}", f"{r.macs / 1e6:,.1f} M", f"{r.mac_share:.1%}"] for r in s.layers]
         conv_p, conv_m = s.conv_share()

@@ -58,7 +58,9 @@ TRAIN_GROUP = "training"  # the Start event's concurrency group: it waits on the
 TRAIN_CONCURRENCY = 4  # Start events at once: one watches the run, the others are told a run is in progress
 TRAIN_LIMIT_S = 600.0  # a run is stopped after this long: a shared server is not a training farm
 POLL_S = 0.25  # how often the Start event looks at the run
-DRAW_EVERY_S = 1.0  # at most one new curves picture a second
+DRAW_EVERY_S = 1.0  # at most one new curves picture a second ...
+DRAW_SHARE = 0.2  # ... and drawing at most a fifth of the time: matplotlib holds the GIL, which the training
+# thread takes again after each of the hundreds of torch operations of a step (waiting up to 5 ms each time)
 FILTERS_EVERY = 10  # conv1 is copied (and redrawn) every this many optimizer steps
 # An uploaded zip: at most this big, this many entries and images, this much unpacked; an entry that unpacks to
 # more than RATIO times its packed size (and over a megabyte) is a zip bomb.
@@ -531,7 +533,7 @@ class TrainHandlers:
         try:
             yield {"train_status": self.status(run), "train_curves": self._curves(run), "train_filters": None,
                    "train_top5": ""}
-            drawn_steps, drawn_filters, last = 0, -1, 0.0
+            drawn_steps, drawn_filters, due = 0, -1, 0.0
             while not run.done.wait(POLL_S):
                 if not run.stop.is_set():
                     if time.monotonic() - run.started > self.time_limit_s:
@@ -540,13 +542,16 @@ class TrainHandlers:
                     elif H._event_gone(event):
                         run.stopped_by = "the page was closed"
                         run.stop.set()
-                if len(run.steps) == drawn_steps or time.monotonic() - last < DRAW_EVERY_S:
+                if len(run.steps) == drawn_steps or time.monotonic() < due:
                     continue
-                drawn_steps, last = len(run.steps), time.monotonic()
+                began = time.monotonic()
+                drawn_steps = len(run.steps)
                 out = {"train_status": self.status(run), "train_curves": self._curves(run)}
                 if run.conv1 is not None and run.conv1[0] != drawn_filters:
                     drawn_filters = run.conv1[0]
                     out["train_filters"] = filters_picture(run)
+                took = time.monotonic() - began
+                due = began + max(DRAW_EVERY_S, took / DRAW_SHARE)
                 yield out
         except GeneratorExit:  # Gradio closed the event (the visitor left or cancelled): nobody watches the run
             if not run.done.is_set():
