@@ -107,8 +107,11 @@ def test_the_curves_are_the_runs_own_log(finished: tuple[T.Run, list[dict[str, A
         assert accuracy == pytest.approx(row["train_accuracy"], abs=1e-5)
     picture = T.curves_picture(data)
     assert picture.size == (1200, 420)
-    # conv1 as the page showed it last: the trained weights (copied at step 30, the last multiple of 10).
-    assert run.conv1 is not None and run.conv1[0] == 30
+    # conv1 as the page showed it last: the weights the run ended with, as its checkpoint holds them.
+    from safetensors.torch import load_file
+
+    assert run.conv1 is not None and run.conv1[0] == 36
+    assert torch.equal(run.conv1[1], load_file(Path(run.config.out) / "model.safetensors")["conv1.weight"])
 
 
 def test_the_trained_model_predicts_as_its_checkpoint(finished: tuple[T.Run, list[dict[str, Any]]], h: Any,

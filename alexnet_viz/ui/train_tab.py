@@ -456,6 +456,9 @@ class TrainHandlers:
                                on_step=run.on_step, on_epoch=run.on_epoch, stop=run.stop)
             run.model_name, forgotten = self.pool.add_trained(run.id, run.result.out / "model.safetensors",
                                                               run.device)
+            conv1 = getattr(self.pool.get(run.model_name, run.device).module, "conv1", None)
+            if conv1 is not None:  # the last picture shows the weights the run ended with
+                run.conv1 = (run.steps[-1][0] if run.steps else 0, conv1.weight.detach().cpu().clone())
             for weights in forgotten:  # the run folders of models the pool no longer keeps
                 folder = weights.parent.parent
                 if folder.parent == self.runs:
