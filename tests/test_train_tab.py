@@ -422,6 +422,10 @@ def test_a_run_on_the_bundled_photos(h: Any, tmp_path: Path) -> None:
     assert run.result.card["dataset"] == "example photos"
     assert final["train_status"].startswith("**Finished: 11 optimizer steps**")  # batch 13
     assert "the network learns to tell these photos apart" in final["train_status"]
+    # 11 steps are too few, and the advice is the page's (its Epochs slider), not the command line's flags.
+    assert ("this run makes only 11 optimizer steps (1 epochs of 11); with so few it may learn nothing - set Epochs "
+            "to 0 to have them chosen from the data, or give more epochs") in final["train_status"]
+    assert "--epochs" not in final["train_status"]
 
 
 def test_a_run_that_fails_says_so_and_keeps_nothing(h: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

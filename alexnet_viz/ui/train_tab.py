@@ -359,6 +359,16 @@ def curves_picture(data: Mapping[str, list[float]], title: str = "") -> Image.Im
     return Image.open(buffer).convert("RGB")
 
 
+# The engine's advice names the command line's flags; the page has its Epochs slider instead.
+_CLI_ADVICE = ("leave --batch-size and --epochs out to have them chosen from the data, or give a smaller batch or "
+               "more epochs")
+_PAGE_ADVICE = "set Epochs to 0 to have them chosen from the data, or give more epochs"
+
+
+def _for_the_page(warning: str) -> str:
+    return warning.replace(_CLI_ADVICE, _PAGE_ADVICE)
+
+
 def filters_picture(run: Run) -> Image.Image | None:
     if run.conv1 is None:
         return None
@@ -493,7 +503,8 @@ class TrainHandlers:
             return f"**The run failed:** {html.escape(run.error or 'it ended without a result')}"
         how = (f"Stopped ({run.stopped_by or 'on request'}) after {done} optimizer steps" if r.stopped
                else f"Finished: {done} optimizer steps")
-        warn = "".join(f"\n\n⚠ {html.escape(w)}" for w in run.warnings) + (f"\n\n{run.note}" if run.note else "")
+        warn = "".join(f"\n\n⚠ {html.escape(_for_the_page(w))}" for w in run.warnings)
+        warn += f"\n\n{run.note}" if run.note else ""
         return (f"**{how}** in {r.seconds:.0f} s; test accuracy **{r.test_accuracy:.1%}** on "
                 f"{r.card.get('test_size', '?')} images. Choose **trained here: {html.escape(run.name)}** in the "
                 f"Architecture list above to use it in every tab.{warn}")
