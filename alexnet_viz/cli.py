@@ -276,8 +276,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import gc
 
     from .ui import serve
+    from .ui.train_tab import allow_training
     from .ui.units_tab import use_gallery
 
+    allow_training(args.allow_training)
     use_gallery(args.gallery)  # read now: a bad file stops the start with its sentence (main() prints it)
     try:
         serve(arch=args.arch, weights=args.weights, device=args.device, num_classes=args.num_classes,
@@ -408,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", default=None, metavar="FILE",
                    help="gallery index for the Units tab's dataset examples and neighbours (made by `alexnet-viz "
                         "index FOLDER`; default: the bundled example photos)")
+    p.add_argument("--allow-training", action="store_true",
+                   help="offer the Train tab on a public Hugging Face Space too (SPACE_ID set); it is always on "
+                        "elsewhere. One run at a time for the whole server, stopped after 10 minutes")
     p.set_defaults(func=_cmd_serve, parser=p)
 
     p = sub.add_parser("train", help="train a seed AlexNet on an image folder, cifar10 or fashion-mnist")

@@ -27,6 +27,7 @@ import os
 import shutil
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,7 +46,7 @@ from .images import MAX_BYTES, ImageError, load_image
 from .model import resolve_device
 from .weights import WeightsError
 
-__all__ = ["DataError", "TrainConfig", "TrainPlan", "TrainResult", "filters_animation", "frozen_layers",
+__all__ = ["DataError", "StepInfo", "TrainConfig", "TrainPlan", "TrainResult", "filters_animation", "frozen_layers",
            "plan_training", "read_snapshots", "train"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
@@ -89,6 +90,21 @@ class TrainResult:
     skipped_images: int
     seconds: float
     card: dict[str, Any] = field(default_factory=dict)
+    stopped: bool = False  # ``stop`` was set: the run ended early, its last history row a part of an epoch
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What ``train(on_step=...)`` is told after each optimizer step. ``model`` is the network being trained:
+    read it (copy conv1's weights), never change it; the callback runs on the training thread, so keep it short."""
+
+    step: int  # optimizer steps made so far (a resumed run counts on from its checkpoint)
+    total_steps: int  # the plan's
+    epoch: int  # the epoch this step belongs to, from 1
+    loss: float  # this batch's mean cross-entropy
+    accuracy: float  # this batch's accuracy
+    images: int  # this batch's size
+    model: nn.Module
 
 
 # --------------------------------------------------------------------------------------------------
@@ -609,10 +625,17 @@ def _class_counts(base: Any, indices: Sequence[int], classes: Sequence[str]) -> 
 
 
 def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print,
-          warn: Callable[[str], None] | None = None) -> TrainResult:
+          warn: Callable[[str], None] | None = None, on_step: Callable[[StepInfo], None] | None = None,
+          on_epoch: Callable[[dict[str, float]], None] | None = None,
+          stop: threading.Event | None = None) -> TrainResult:
     """Train ``config.arch`` on ``config.data``; write weights, model card, curves and a resumable checkpoint.
 
-    Warnings (too few images in a class, too few optimizer steps) go to ``warn`` (default: stderr)."""
+    Warnings (too few images in a class, too few optimizer steps) go to ``warn`` (default: stderr).
+    ``on_step`` hears of every optimizer step, ``on_epoch`` gets each history row as it is made. Setting
+    ``stop`` (checked before each step) ends the run early but not abruptly: the part of the epoch done is
+    validated and becomes the last history row (its ``epoch`` a fraction), the model is tested and written
+    with its card (``"stopped": true``) as at the end of a full run; ``checkpoint.pt`` keeps the last full
+    epoch, so ``--resume`` goes on from there."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -741,6 +764,7 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
         if not snaps:
             snaps = [(step_now, conv1.weight.detach().cpu().clone(), None)]
     window_correct, window_count = 0, 0  # training accuracy since the last snapshot
+    stopped = False
 
     for epoch in range(start_epoch, plan.epochs):
         model.train()
@@ -749,7 +773,11 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
         loss_sum, correct, count = 0.0, 0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{plan.epochs}", unit="batch", disable=not progress,
                    leave=False)
+        steps_done = 0
         for batch in bar:
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
             if batch is None:
                 continue
             x, y = batch[0].to(device), batch[1].to(device)
@@ -769,19 +797,35 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
                               round(window_correct / max(window_count, 1), 5)))
                 window_correct, window_count = 0, 0
             bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.1%}")
+            steps_done += 1
+            if on_step is not None:
+                on_step(StepInfo(int(scheduler.last_epoch), total, epoch + 1, float(loss.detach()), hits / len(y),
+                                 len(y), model))
+        bar.close()
+        if stopped and count == 0:  # stopped before this epoch made a step: nothing new to validate
+            break
+        done = epoch + 1 if not stopped else round(epoch + steps_done / plan.steps_per_epoch, 3)
         val_loss, val_acc = _evaluate(model, val_loader, device)
-        row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(count, 1), 5),
+        row = {"epoch": done, "train_loss": round(loss_sum / max(count, 1), 5),
                "train_accuracy": round(correct / max(count, 1), 5), "val_loss": round(val_loss, 5),
                "val_accuracy": round(val_acc, 5), "seconds": round(time.perf_counter() - t_start, 1)}
         history.append(row)
-        log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.1%} | "
+        if on_epoch is not None:
+            on_epoch(row)
+        log(f"epoch {done:g}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.1%} | "
             f"val loss {val_loss:.4f} acc {val_acc:.1%}")
+        if stopped:
+            if snaps:
+                _save_snapshots(snapshots_path, snaps, config.snapshots)
+            break
         torch.save({"arch": config.arch, "epoch": epoch + 1, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "generator": generator.get_state(), "history": history}, checkpoint_path)
         if snaps:
             _save_snapshots(snapshots_path, snaps, config.snapshots)
 
+    if stopped:
+        log(f"stopped after optimizer step {int(scheduler.last_epoch)} of {total}")
     test_loss, test_acc = _evaluate(model, test_loader, device)
     skipped = len(getattr(base, "skipped", ()))  # image folders only: unreadable files, each counted once
     log(f"test loss {test_loss:.4f} acc {test_acc:.1%}" + (f"; {skipped} unreadable image(s) skipped" if skipped
@@ -796,11 +840,12 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
         "train_size": len(train_set), "val_size": len(val_set), "test_size": len(test_set),
         "skipped_images": skipped, "config": asdict(config),
         "plan": {**asdict(plan), "total_steps": plan.total_steps}, "init": init.name, "frozen": frozen,
-        "history": history, "torch": torch.__version__, "device": str(device),
+        "history": history, "stopped": stopped, "steps": int(scheduler.last_epoch), "torch": torch.__version__,
+        "device": str(device),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     (out / "model.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
     _plot(history, out / "curves.png", f"{config.arch} on {dataset_name}: test accuracy {test_acc:.1%}")
     if snaps:
         log(f"conv1 over {len(snaps)} snapshots: {filters_animation(out)}")
-    return TrainResult(out, history, test_acc, test_loss, skipped, time.perf_counter() - t_start, card)
+    return TrainResult(out, history, test_acc, test_loss, skipped, time.perf_counter() - t_start, card, stopped)

@@ -34,7 +34,7 @@ from ..model import LoadedModel, available_devices
 from ..summary import summarize
 from . import files
 from .server import ASSETS, DECODER, SLOW_LIMIT_S
-from .state import Lane, LatestImages, ModelPool, Session
+from .state import TRAINED_PREFIX, Lane, LatestImages, ModelPool, Session
 
 __all__ = ["Handlers", "friendly", "option_specs", "progress_adapter", "upload_path"]
 
@@ -306,13 +306,18 @@ class Handlers:
                   lane: Lane = "main") -> LoadedModel:
         """The visitor's model (or the one asked for); ``lane="slow"``: its replica for slow attributions,
         which shares the weights but not the lock, so the analyses of others never wait for it."""
-        arch = arch or (session.arch if session else self.pool.default_key[0])
+        arch = self.model_name(session, arch)
         device = device or (session.device if session else self.pool.default_key[1])
-        _choice(arch, "architecture", list(ARCHITECTURES))
+        if not str(arch).startswith(TRAINED_PREFIX):  # a model trained here the pool forgot: the pool says so
+            _choice(arch, "architecture", self.pool.names())
         if device not in available_devices():
             raise _refuse(f"The device {_echo(device)} is not available on this server; it offers "
                           f"{', '.join(available_devices())}.")
         return self.pool.get(arch, device, lane)
+
+    def model_name(self, session: Session | None, arch: str | None = None) -> str:
+        """The pool's name of the model asked for (an architecture or "trained:<run>"), else the visitor's."""
+        return arch or (session.arch if session else self.pool.default_key[0])
 
     # --- one image -> everything on screen -------------------------------------------------------------
 
@@ -345,7 +350,7 @@ class Handlers:
         loaded = self.model_for(session, arch, device)
         result = analyze(loaded, self.decode(upload_path(image)))
         layer = layer if layer in result.activations else "conv1"
-        new = Session.start(self.pool, loaded, result).with_scene(
+        new = Session.start(self.pool, loaded, result, name=self.model_name(session, arch)).with_scene(
             layers=(layer,), sort=bool(sort), cmap=cmap, channel=None, opacity=opacity, filter=None, methods=(),
             attr_alpha=attr_alpha, attr_cmap=attr_cmap, compare=())
         if visitor is not None:
@@ -618,8 +623,14 @@ class Handlers:
 
     @friendly("summarising the architecture")
     def architecture(self, arch: str) -> dict[str, Any]:
-        arch = _choice(arch, "architecture", list(ARCHITECTURES))
-        s = summarize(arch)
+        if arch in ARCHITECTURES:
+            s = summarize(arch)
+        elif isinstance(arch, str) and arch.startswith(TRAINED_PREFIX):  # a model trained here: its architecture
+            loaded = self.model_for(None, arch)  # at its own input size and number of classes
+            arch = loaded.arch
+            s = summarize(arch, num_classes=loaded.num_classes, input_size=loaded.input_size)
+        else:
+            raise _refuse(f"Unknown architecture {_echo(arch)}.")
         rows = [[r.name, r.type, r.config, "x".join(map(str, r.output_shape)), f"{r.params:,}",
                  f"{r.param_share:.1%}", f"{r.macs / 1e6:,.1f} M", f"{r.mac_share:.1%}"] for r in s.layers]
         conv_p, conv_m = s.conv_share()

@@ -19,7 +19,7 @@ from ..architectures import ARCHITECTURES
 from ..attribution import METHODS
 from ..model import available_devices
 from . import handlers as H
-from . import trust_tab, units_tab
+from . import train_tab, trust_tab, units_tab
 from .files import as_png_files
 from .server import CACHE_MAX_AGE_S, CACHE_SWEEP_S, CONCURRENCY, INSTANT, SESSION_TTL_S, SLOW_CONCURRENCY
 from .state import ModelPool
@@ -144,7 +144,7 @@ def _keyed_to(component: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
 # opens its gr.Tab and wires its events.
 TABS: tuple[Callable[[Page, H.Handlers, ModelPool], None], ...] = (
     units_tab.add_units_tab, units_tab.add_inside_tab,
-    trust_tab.add_trust_tab, trust_tab.add_occlusion_tab,
+    trust_tab.add_trust_tab, trust_tab.add_occlusion_tab, train_tab.add_train_tab,
 )
 
 

@@ -18,6 +18,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -25,15 +26,18 @@ import torch
 from PIL import Image
 
 from ..analysis import Analysis, analyze
+from ..architectures import ARCHITECTURES
 from ..attribution import METHODS, Attribution, Contrast, attribute
+from ..errors import UserError
 from ..export import Scene
 from ..model import LoadedModel, load_model
 from .server import RESULTS_BUDGET, STATE_CAPACITY
 
-__all__ = ["Lane", "LatestImages", "ModelPool", "Recipe", "ResultCache", "Session", "replica"]
+__all__ = ["TRAINED_PREFIX", "Lane", "LatestImages", "ModelPool", "Recipe", "ResultCache", "Session", "replica"]
 
 Lane = Literal["main", "slow", "restore"]
 LANES: tuple[Lane, ...] = ("main", "slow", "restore")
+TRAINED_PREFIX = "trained:"  # the pool's name for a model trained on this server (the Train tab): "trained:<run>"
 
 
 def replica(loaded: LoadedModel) -> LoadedModel:
@@ -59,13 +63,19 @@ class ModelPool:
     The architecture given at start gets the weights given at start; the others are seeded and untrained
     (the banner says so). At most ``max_models`` stay in memory (about 250 MB each, both lanes together).
     ``results`` is the process-wide cache of the visitors' tensors.
+
+    A model trained on this server (the Train tab) is added with :meth:`add_trained` under the name
+    ``"trained:<run>"`` in place of an architecture; it is loaded again from its run folder when the pool
+    evicted it, like any other. At most ``max_trained`` such names are kept: the oldest is forgotten first.
     """
 
     def __init__(self, arch: str | None = None, weights: str = "imagenet", device: str = "auto", *,
                  num_classes: int | None = None, labels: str | None = None, max_models: int = 3,
-                 results_budget: int = RESULTS_BUDGET) -> None:
+                 results_budget: int = RESULTS_BUDGET, max_trained: int = 3) -> None:
         self._weights, self._num_classes, self._labels = weights, num_classes, labels
         self._max = max_models
+        self._max_trained = max_trained
+        self._trained: OrderedDict[str, Path] = OrderedDict()  # "trained:<run>" -> its model.safetensors
         self._models: OrderedDict[tuple[str, str], dict[Lane, LoadedModel]] = OrderedDict()  # the lanes of a model
         self._lock = threading.Lock()
         self.results = ResultCache(results_budget)
@@ -77,21 +87,69 @@ class ModelPool:
     def default(self) -> LoadedModel:
         return self.get(*self.default_key)
 
+    @property
+    def trained(self) -> list[str]:
+        """The names of the models trained here that are kept, oldest first."""
+        with self._lock:
+            return list(self._trained)
+
+    def names(self) -> list[str]:
+        """Every name :meth:`get` takes: the architectures, then the models trained here."""
+        return [*ARCHITECTURES, *self.trained]
+
+    def add_trained(self, run: str, weights: str | Path, device: str) -> tuple[str, list[Path]]:
+        """Load the checkpoint ``weights`` (``model.safetensors`` beside its ``model.json``) as
+        ``"trained:<run>"`` on ``device``; returns that name and the weights files of the trained models now
+        forgotten to keep at most ``max_trained`` (their run folders may go)."""
+        name = f"{TRAINED_PREFIX}{run}"
+        path = Path(weights)
+        loaded = load_model(None, path, device)  # the card gives the architecture, classes and normalisation
+        forgotten: list[Path] = []
+        with self._lock:
+            self._trained[name] = path
+            self._trained.move_to_end(name)
+            while len(self._trained) > self._max_trained:
+                old, old_path = self._trained.popitem(last=False)
+                forgotten.append(old_path)
+                for key in [k for k in self._models if k[0] == old]:
+                    del self._models[key]
+            self._put((name, str(loaded.device)), _lanes(loaded))
+        return name, forgotten
+
+    def name_of(self, loaded: LoadedModel) -> str:
+        """The name ``loaded`` (one of this pool's models, any lane) is kept under: its architecture, or
+        ``"trained:<run>"``."""
+        with self._lock:
+            for (name, _), lanes in self._models.items():
+                if any(m is loaded for m in lanes.values()):
+                    return name
+        return loaded.arch
+
+    def _put(self, key: tuple[str, str], lanes: dict[Lane, LoadedModel]) -> None:
+        """Keep ``lanes`` under ``key`` and evict the least recently used beyond ``max_models`` (lock held)."""
+        self._models[key] = lanes
+        self._models.move_to_end(key)
+        while len(self._models) > self._max:
+            oldest = next(k for k in self._models if k != self.default_key)
+            del self._models[oldest]
+
     def get(self, arch: str, device: str, lane: Lane = "main") -> LoadedModel:
         key = (arch, device)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key][lane]
-            if arch == self.default_key[0]:
+            if arch.startswith(TRAINED_PREFIX):
+                if arch not in self._trained:
+                    raise UserError(f"The model {arch[len(TRAINED_PREFIX):]!r} trained here is no longer kept "
+                                    "(only the last few are); train it again or choose another architecture.")
+                loaded = load_model(None, self._trained[arch], device)
+            elif arch == self.default_key[0]:
                 loaded = load_model(arch, self._weights, device, num_classes=self._num_classes, labels=self._labels,
                                     fallback=True)
             else:  # no weights were given for it: ImageNet's where they exist, else untrained (the banner says)
                 loaded = load_model(arch, "imagenet", device, fallback=True)
-            self._models[key] = _lanes(loaded)
-            while len(self._models) > self._max:
-                oldest = next(k for k in self._models if k != self.default_key)
-                del self._models[oldest]
+            self._put(key, _lanes(loaded))
             return self._models[key][lane]
 
 
@@ -241,7 +299,7 @@ class Session:
 
     pool: ModelPool = field(repr=False)
     key: str  # this image's entries in the cache: a new one per analysed image
-    arch: str
+    arch: str  # the pool's name of the model: an architecture, or "trained:<run>"
     device: str
     view: Image.Image  # (S, S) RGB: what the network saw; the input is computed back from it
     input: torch.Tensor | None  # kept only if the view does not give the input back bit for bit
@@ -250,10 +308,11 @@ class Session:
     scene: Scene = field(default_factory=Scene)
 
     @classmethod
-    def start(cls, pool: ModelPool, loaded: LoadedModel, analysis: Analysis) -> Session:
-        """A new session for ``analysis`` (made by ``analyze(loaded, ...)``), its tensors put in the cache."""
+    def start(cls, pool: ModelPool, loaded: LoadedModel, analysis: Analysis, *, name: str | None = None) -> Session:
+        """A new session for ``analysis`` (made by ``analyze(loaded, ...)``), its tensors put in the cache.
+        ``name``: the pool's name of ``loaded`` (default: looked up; a model trained here is "trained:<run>")."""
         exact = torch.equal(_pixels_to_input(loaded)(analysis.view).unsqueeze(0), analysis.input)
-        session = cls(pool=pool, key=uuid.uuid4().hex, arch=analysis.arch, device=analysis.device,
+        session = cls(pool=pool, key=uuid.uuid4().hex, arch=name or pool.name_of(loaded), device=analysis.device,
                       view=analysis.view, input=None if exact else analysis.input, timings=analysis.timings)
         pool.results.put((session.key, "analysis"), analysis)
         return session
