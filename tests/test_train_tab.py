@@ -1,4 +1,4 @@
-"""The Train tab (issue #15, item 3): start, follow, stop, one run at a time, the trained model in every tab, the
+"""The Train tab: start, follow, stop, one run at a time, the trained model in every tab, the
 zip intake, off on a public Space; and the whole of it in Chromium."""
 
 from __future__ import annotations
