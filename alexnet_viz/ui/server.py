@@ -78,6 +78,10 @@ def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> bool:
     which keep their freed pages. A server with a few worker threads then sits near 1.9 GB after 8 visitors at
     once instead of 1.2 GB (benchmarks/LOAD.md). Fixing the threshold (what ``MALLOC_MMAP_THRESHOLD_`` does
     before start) turns that raising off. Returns whether it was set: elsewhere than glibc it does nothing.
+
+    The price, measured (benchmarks/LOAD.md): fresh pages for every large block cost about 50 ms on some
+    requests, which puts /explain saliency at ~1.3x a plain Gradio app over HTTP; a threshold of 1 MiB or
+    4 MiB removes that (1.0x) but lets the 300-request soak grow RSS by 185 or 270 MB instead of 87 MB.
     """
     import ctypes
     import sys

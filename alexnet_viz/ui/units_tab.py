@@ -647,7 +647,8 @@ def add_inside_tab(page: Any, h: H.Handlers, pool: ModelPool, *, units: UnitsHan
                 c["inside_channel"] = gr.Slider(0, loaded.conv1.out_channels - 1, value=0, step=1,
                                                 label="conv1 filter", elem_id="inside-channel")
             with gr.Column(scale=1, min_width=480):
-                c["inside_pictures"] = _picture("Patch, filter and their product", elem_id="inside-pictures")
+                c["inside_pictures"] = _picture("Patch, filter and their product", elem_id="inside-pictures",
+                                                show_label=False)  # the picture carries its own titles
                 c["inside_conv"] = gr.Markdown("Give an image first.", elem_id="inside-conv")
         c["inside_block"] = gr.Markdown(elem_id="inside-block")
         c["inside_towers"] = _picture("conv1 filters of each tower", elem_id="inside-towers", visible=False)
