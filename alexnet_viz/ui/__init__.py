@@ -31,8 +31,8 @@ from .server import (
     SESSION_TTL_S,
     SLOW_LIMIT_S,
     launch,
-    return_freed_memory,
     serve,
+    trim_freed_memory,
 )
 from .state import ModelPool, Session
 
@@ -60,7 +60,7 @@ __all__ = [
     "friendly",
     "launch",
     "option_specs",
-    "return_freed_memory",
     "serve",
+    "trim_freed_memory",
     "upload_path",
 ]

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ __all__ = [
     "SLOW_LIMIT_S",
     "STATE_CAPACITY",
     "launch",
-    "return_freed_memory",
     "serve",
+    "trim_freed_memory",
 ]
 
 log = logging.getLogger("alexnet_viz")
@@ -67,34 +68,37 @@ SLOW_LIMIT_S = 60.0
 SYSTEM_SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial",
                "sans-serif"]
 SYSTEM_MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
-MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, fixed: see return_freed_memory()
+TRIM_EVERY_S = 1.0  # how often the server hands freed heap pages back to the system (trim_freed_memory)
 
 
-def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Have glibc give large freed blocks (tensors, decoded pictures) back to the system at once.
+def trim_freed_memory(every_s: float = TRIM_EVERY_S) -> threading.Thread | None:
+    """Every ``every_s`` seconds, have glibc hand the pages its heap arenas hold free back to the system
+    (``malloc_trim(0)``), from a daemon thread; None where there is no such call (not glibc).
 
-    glibc serves blocks of 128 KiB and more with mmap, but raises that threshold each time such a block is
-    freed (up to 32 MiB); after a few requests, activations and attribution batches come from the heap arenas,
-    which keep their freed pages. A server with a few worker threads then sits near 1.9 GB after 8 visitors at
-    once instead of 1.2 GB (benchmarks/LOAD.md). Fixing the threshold (what ``MALLOC_MMAP_THRESHOLD_`` does
-    before start) turns that raising off. Returns whether it was set: elsewhere than glibc it does nothing.
-
-    The price, measured (benchmarks/LOAD.md): fresh pages for every large block cost about 50 ms on some
-    requests, which puts /explain saliency at ~1.3x a plain Gradio app over HTTP; a threshold of 1 MiB or
-    4 MiB removes that (1.0x) but lets the 300-request soak grow RSS by 185 or 270 MB instead of 87 MB.
-    """
+    glibc keeps what a worker thread frees in that thread's arena (and raises its mmap threshold each time a
+    large block is freed, so that activations and attribution batches soon come from the arenas): a server
+    with a few worker threads then sits near 1.9 GB after 8 visitors at once instead of 1.2 GB. Trimming once
+    a second gives those pages back while requests in between reuse the arenas without a page fault. The
+    alternative, a fixed 128 KiB mmap threshold, kept memory as low but made some requests pay ~50 ms of fresh
+    pages (/explain saliency 1.31x a plain Gradio app over HTTP, against 1.00x now): benchmarks/LOAD.md."""
     import ctypes
     import sys
 
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        libc = ctypes.CDLL(None)  # the C library this process already runs on
-        libc.gnu_get_libc_version  # noqa: B018  (glibc's: musl has mallopt but no such threshold raising)
+        trim = ctypes.CDLL(None).malloc_trim  # the C library this process already runs on
     except (OSError, AttributeError):
-        return False
-    m_mmap_threshold = -3  # M_MMAP_THRESHOLD in malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, threshold) == 1)
+        return None
+
+    def loop() -> None:
+        while True:
+            time.sleep(every_s)
+            trim(0)
+
+    thread = threading.Thread(target=loop, name="malloc-trim", daemon=True)
+    thread.start()
+    return thread
 
 
 def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "auto",
@@ -105,7 +109,7 @@ def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "
     from .state import ModelPool
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return_freed_memory()
+    trim_freed_memory()
     if block and threading.current_thread() is threading.main_thread():
         # `kill -TERM` (how Spaces, systemd and docker stop a server) ends the process at once by default,
         # leaving its decoder workers behind; handled as Ctrl-C is, Gradio closes the server and we go on below.
