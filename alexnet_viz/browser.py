@@ -85,9 +85,13 @@ class Driver:
         locator = self.page.locator(f"#{elem_id}")
         if pattern.startswith("^"):  # Markdown blocks start with white space
             pattern = r"^\s*" + pattern[1:]
-        expect(locator).to_have_text(re.compile(pattern, re.S), timeout=timeout)
-        if changed_from is not None:
-            expect(locator).not_to_have_text(changed_from, timeout=timeout)
+        if changed_from is None:
+            expect(locator).to_have_text(re.compile(pattern, re.S), timeout=timeout)
+        else:  # both at once: a text in between (a step's "drawing the pictures...") must not end the wait
+            self.page.wait_for_function(
+                "([id, pattern, before]) => { const e = document.getElementById(id);"
+                " return !!e && new RegExp(pattern, 's').test(e.innerText) && e.innerText !== before; }",
+                arg=[elem_id, pattern, changed_from], timeout=timeout)
         self.idle(timeout)
         return locator.inner_text()
 
