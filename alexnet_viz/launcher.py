@@ -8,12 +8,14 @@ The one place that tests, benchmarks and scripts launch a server from::
 The child gets its own ``GRADIO_TEMP_DIR`` (``tmp/uploads``) and ``TORCH_HOME`` (``tmp/torch``), no
 analytics, no Hugging Face Hub, and writes its output to ``tmp/app.log`` (its tail goes to stderr if the start
 fails). ``CHROMIUM`` and ``CHROMIUM_ARGS`` are the headless browser that the tests and the screenshots drive
-(Debian's chromium through Playwright, offline).
+(Debian's chromium through Playwright, offline). ``join_queue`` and ``until_completed`` call a page's event on
+Gradio's queue over raw HTTP, as the page itself does (gradio_client refuses the events a page keeps private).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -24,6 +26,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository checkout, when the package runs from one
 APP = ROOT / "app.py"
@@ -129,3 +132,26 @@ def launched_app(folder: Path, flags: Sequence[str] = UNTRAINED_CPU, *, port: in
             raise
         finally:
             stop(proc)
+
+
+def join_queue(http: Any, url: str, fn_index: int, data: list[Any], session: str) -> Any:
+    """POST an event to Gradio's queue for the tab ``session`` (``http``: an httpx client); the response."""
+    return http.post(f"{url.rstrip('/')}/gradio_api/queue/join",
+                     json={"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None})
+
+
+def until_completed(http: Any, url: str, session: str, event_id: str, timeout: float = 120) -> dict[str, Any]:
+    """Read the tab's event stream until ``event_id`` completes; its last message (``success`` says how it
+    ended)."""
+    deadline = time.monotonic() + timeout
+    with http.stream("GET", f"{url.rstrip('/')}/gradio_api/queue/data", params={"session_hash": session},
+                     timeout=timeout) as stream:
+        for line in stream.iter_lines():
+            if time.monotonic() > deadline:
+                break
+            if not line.startswith("data:"):
+                continue
+            msg = json.loads(line[5:])
+            if msg.get("event_id") == event_id and msg.get("msg") == "process_completed":
+                return dict(msg)
+    raise AssertionError(f"event {event_id} did not complete in {timeout} s")

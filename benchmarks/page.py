@@ -260,21 +260,12 @@ class PageTab:
     def run(self, api_name: str, data: list[Any]) -> dict[str, Any]:
         """Join the queue with the event ``api_name`` and wait for it; its last message (``success`` says how it
         ended). A refusal at the door (a full queue, a second slow job) raises."""
-        answer = self.http.post(f"{self.url}/gradio_api/queue/join", json={
-            "data": data, "fn_index": self.fn[api_name], "session_hash": self.session, "event_data": None})
+        from alexnet_viz.launcher import join_queue, until_completed
+
+        answer = join_queue(self.http, self.url, self.fn[api_name], data, self.session)
         if answer.status_code != 200:
             raise RuntimeError(f"{api_name} refused: {answer.status_code} {answer.text[:200]}")
-        event_id = answer.json()["event_id"]
-        import json
-
-        with self.http.stream("GET", f"{self.url}/gradio_api/queue/data",
-                              params={"session_hash": self.session}) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    msg = json.loads(line[5:])
-                    if msg.get("event_id") == event_id and msg.get("msg") == "process_completed":
-                        return dict(msg)
-        raise RuntimeError(f"{api_name}: the event stream ended before the event completed")
+        return until_completed(self.http, self.url, self.session, answer.json()["event_id"], self.timeout)
 
     def analyze(self, image: Path) -> None:
         done = self.run("analyze", [self.upload(image), *ANALYZE_ARGS, None])

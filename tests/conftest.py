@@ -71,3 +71,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("server")
     with launched_app(tmp) as app:
         yield Server(app.url, app.log, app.startup_s, app.proc)
+
+
+@pytest.fixture(scope="session")
+def browser_ready() -> None:
+    """Skip a browser test where Debian's chromium is absent; in CI (where .ci/run installs it) fail instead."""
+    from alexnet_viz.browser import chromium
+
+    if chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing in CI")
+        pytest.skip("Debian's chromium is not installed")

@@ -15,7 +15,7 @@ import pytest
 
 from alexnet_viz.architectures import ARCHITECTURES
 from alexnet_viz.attribution import METHODS
-from alexnet_viz.browser import Driver, Watch, chromium, with_page
+from alexnet_viz.browser import Driver, Watch, with_page
 
 from .conftest import ASSETS, Server
 
@@ -23,14 +23,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 TV_LAYERS = ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4", "conv5",
              "relu5", "pool5", "fc6", "relu6", "fc7", "relu7", "fc8"]
-
-
-@pytest.fixture(scope="module")
-def browser_ready() -> None:
-    if chromium() is None:
-        if __import__("os").environ.get("CI"):
-            pytest.fail("Debian's chromium is missing in CI")
-        pytest.skip("Debian's chromium is not installed")
 
 
 def walk(d: Driver, watch: Watch, tmp: Path, layers: list[str]) -> dict[str, object]:

@@ -3,7 +3,6 @@ bounded cache that recomputes what it evicted, one slow job per visitor, and no 
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -21,6 +20,7 @@ from PIL import Image
 
 from alexnet_viz import ui
 from alexnet_viz.analysis import analyze, explain
+from alexnet_viz.launcher import join_queue, until_completed
 from alexnet_viz.ui import Handlers, ModelPool, Session, build_demo
 from alexnet_viz.ui.fairness import BUSY
 from alexnet_viz.ui.handlers import option_specs
@@ -285,25 +285,6 @@ def _file(path: str) -> dict[str, Any]:
     return {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "x.jpg"}
 
 
-def _join(http: httpx.Client, url: str, fn_index: int, data: list[Any], session: str) -> httpx.Response:
-    return http.post(f"{url}/gradio_api/queue/join",
-                     json={"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None})
-
-
-def _completed(http: httpx.Client, url: str, session: str, event_id: str, timeout: float = 120) -> dict[str, Any]:
-    """Read the session's event stream until ``event_id`` completes; its last message."""
-    deadline = time.monotonic() + timeout
-    with http.stream("GET", f"{url}/gradio_api/queue/data", params={"session_hash": session},
-                     timeout=timeout) as stream:
-        for line in stream.iter_lines():
-            if time.monotonic() > deadline:
-                break
-            if not line.startswith("data:"):
-                continue
-            msg = json.loads(line[5:])
-            if msg.get("event_id") == event_id and msg.get("msg") == "process_completed":
-                return msg
-    raise AssertionError(f"event {event_id} did not complete in {timeout} s")
 
 
 @pytest.mark.slow
@@ -323,10 +304,10 @@ def test_one_slow_job_per_visitor_over_http(pool: ModelPool) -> None:
     try:
         with _served(pool, queue_size=8) as (demo, url), httpx.Client(timeout=30) as http:
             explain_fn = _fn_index(demo, "explain")
-            first = _join(http, url, explain_fn, [_file(cat), "saliency", ""], "tab-a")
+            first = join_queue(http, url, explain_fn, [_file(cat), "saliency", ""], "tab-a")
             assert first.status_code == 200, first.text
             assert inside.wait(30)  # running, holding the slow replica
-            answers = [_join(http, url, explain_fn, [_file(cat), "gradcam", ""], "tab-a") for _ in range(40)]
+            answers = [join_queue(http, url, explain_fn, [_file(cat), "gradcam", ""], "tab-a") for _ in range(40)]
             assert {r.status_code for r in answers} == {400}
             assert all(r.json()["detail"] == BUSY for r in answers)
             assert len(demo._queue) == 0  # none of them took a place in the queue
@@ -339,15 +320,15 @@ def test_one_slow_job_per_visitor_over_http(pool: ModelPool) -> None:
             t0 = time.perf_counter()
             top5 = client.predict(handle_file(cat), api_name="/predict")
             assert len(top5["confidences"]) == 5 and time.perf_counter() - t0 < 30
-            other = _join(http, url, explain_fn, [_file(cat), "saliency", ""], "tab-b")
+            other = join_queue(http, url, explain_fn, [_file(cat), "saliency", ""], "tab-b")
             assert other.status_code == 200
             release.set()
-            done = _completed(http, url, "tab-a", first.json()["event_id"])
+            done = until_completed(http, url, "tab-a", first.json()["event_id"])
             assert done["success"], done
-            again = _join(http, url, explain_fn, [_file(cat), "saliency", ""], "tab-a")
+            again = join_queue(http, url, explain_fn, [_file(cat), "saliency", ""], "tab-a")
             assert again.status_code == 200  # the first finished: the tab may ask again
-            assert _completed(http, url, "tab-a", again.json()["event_id"])["success"]
-            assert _completed(http, url, "tab-b", other.json()["event_id"])["success"]
+            assert until_completed(http, url, "tab-a", again.json()["event_id"])["success"]
+            assert until_completed(http, url, "tab-b", other.json()["event_id"])["success"]
     finally:
         release.set()
         handle.remove()

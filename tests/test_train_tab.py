@@ -351,12 +351,10 @@ def _wait_new_picture(d: Any, elem_id: str, before: str, timeout: int = 60_000) 
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_train_tab_in_chromium(tmp_path: Path) -> None:
-    from alexnet_viz.browser import Driver, Watch, chromium, with_page
+def test_train_tab_in_chromium(tmp_path: Path, browser_ready: None) -> None:
+    from alexnet_viz.browser import Driver, Watch, with_page
     from alexnet_viz.launcher import UNTRAINED_CPU, launched_app
 
-    if chromium() is None:
-        pytest.skip("Debian's chromium is not installed")
     archive = stripes_zip(tmp_path / "stripes.zip")
     probe = tmp_path / "probe.png"
     _stripes(False, np.random.default_rng(7)).resize((160, 160)).save(probe)

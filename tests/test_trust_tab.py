@@ -329,11 +329,9 @@ def test_occlude_api_answers_like_predict(server: Any, seeded: Any) -> None:
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_trust_and_occlusion_tabs_in_chromium(server: Any) -> None:
-    from alexnet_viz.browser import Driver, Watch, chromium, with_page
+def test_trust_and_occlusion_tabs_in_chromium(server: Any, browser_ready: None) -> None:
+    from alexnet_viz.browser import Driver, Watch, with_page
 
-    if chromium() is None:
-        pytest.skip("Debian's chromium is not installed")
 
     def walk(d: Driver, watch: Watch) -> None:
         # Before any image: a run says what to do, and nothing breaks.

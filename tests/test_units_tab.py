@@ -167,12 +167,10 @@ def test_inside_shows_lrn_with_the_papers_constants_and_the_two_towers(h: Handle
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_units_and_inside_tabs_in_chromium(tmp_path: Path) -> None:
-    from alexnet_viz.browser import Driver, Watch, chromium, with_page
+def test_units_and_inside_tabs_in_chromium(tmp_path: Path, browser_ready: None) -> None:
+    from alexnet_viz.browser import Driver, Watch, with_page
     from alexnet_viz.launcher import launched_app
 
-    if chromium() is None:
-        pytest.skip("Debian's chromium is not installed")
 
     def walk(d: Driver, watch: Watch) -> None:
         d.tab("Units")  # before any image: feature visualisation needs none

@@ -33,7 +33,7 @@ PICTURES = ("filters", "filter_map", "grid", "channel_view", "strongest", "attr_
 
 def _visitor(request: gr.Request | None) -> str | None:
     """The visitor's Gradio session (None when a handler is called without a request, as in tests)."""
-    return getattr(request, "session_hash", None) if request is not None else None
+    return getattr(request, "session_hash", None)
 
 # Font sizes: 16 px body text on a laptop; presenter mode (a class on <body>, set by --presenter or the
 # toggle) gives 24 px body text and 20 px labels, readable from the back of a lecture hall.
