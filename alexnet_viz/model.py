@@ -254,6 +254,10 @@ def load_model(
         module.load_state_dict(match_state_dict(state, module), strict=True)
     module.requires_grad_(False)  # attribution needs gradients w.r.t. the input only; backward stops there
     module = module.to(target_device).eval()
+    if target_device.type == "cpu":
+        # oneDNN convolves a single image ~25% faster with channels-last (NHWC) filters, whatever the input's
+        # layout (conv layers 4.3 -> 3.3 ms, a whole forward 14.5 -> 13.1 ms on 2 cores); outputs agree to 3e-8.
+        module = module.to(memory_format=torch.channels_last)
 
     size = int(card.get("input_size", spec.input_size)) if card else spec.input_size
     if card and "mean" in card and "std" in card:  # the normalisation the network was trained with

@@ -44,10 +44,10 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _same_bits(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and torch.equal(a[k].view(torch.uint8) if a[k].is_floating_point() else a[k],
-                                                 b[k].view(torch.uint8) if b[k].is_floating_point() else b[k])
-        for k in a)
+    def bits(t: torch.Tensor) -> torch.Tensor:  # bytes in logical order (a CPU model's filters are channels-last)
+        return t.contiguous().view(torch.uint8) if t.is_floating_point() else t
+
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(bits(a[k]), bits(b[k])) for k in a)
 
 
 # ---- similarity measures ----
