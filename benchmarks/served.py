@@ -22,6 +22,10 @@ from benchmarks.timing import Stat
 
 BASELINE = (sys.executable, "-m", "benchmarks.baseline_app")
 # endpoint rows over HTTP: key -> (label, the call, given a client and the image)
+# The HTTP ratios compare two ~0.1 s medians that differ by a few milliseconds; 5-run medians of them spread by
+# +-3% on this machine, so these rows take at least this many runs.
+HTTP_MIN_RUNS = 15
+
 HTTP_STEPS: dict[str, tuple[str, Callable[[Any, Path], Any]]] = {
     "predict": ("/predict (top-5)", page.api_predict),
     "saliency": ("/explain saliency", lambda client, image: page.api_explain(client, image, "saliency")),
@@ -76,10 +80,11 @@ def cold_start(*, runs: int, warmup: int, image: Path, env: Mapping[str, str] | 
 
 def over_http(*, runs: int, warmup: int, image: Path) -> list[dict[str, Any]]:
     """Ours (``app.py --weights none --device cpu``) and ``baseline_app`` side by side on 127.0.0.1: each
-    endpoint ``warmup`` + ``runs`` times, the two servers taking turns call by call (a change in the machine's
-    load hits both alike); rows of each side's medians and of ours / plain."""
+    endpoint ``warmup`` + ``max(runs, HTTP_MIN_RUNS)`` times, the two servers taking turns call by call (a
+    change in the machine's load hits both alike); rows of each side's medians and of ours / plain."""
     from gradio_client import Client
 
+    runs = max(runs, HTTP_MIN_RUNS)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="alexnet-viz-bench-http-") as tmp, \
             launched_app(Path(tmp) / "ours") as ours, \
