@@ -94,6 +94,8 @@ def run_default(args: argparse.Namespace, torch: Any, log: Log) -> dict[str, Any
     if not args.quick and not args.no_cold_start:
         cs, memory = served.cold_start(runs=args.cold_runs, warmup=1, image=args.image)
         rows.append(make_row("cold_start", "cold start: python app.py to /config 200", stat=cs))
+        rows.append(make_row("idle_rss", "RSS of the app when it has started, before any request (VmRSS)", unit="MB",
+                             value=memory.get("idle_rss_mb")))
         rows.append(make_row("peak_rss", "peak RSS of the app after a few requests (VmHWM)", unit="MB",
                              value=memory.get("peak_rss_mb"), **{k: v for k, v in memory.items()
                                                                  if k != "peak_rss_mb"}))

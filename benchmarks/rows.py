@@ -26,6 +26,7 @@ TARGETS: dict[str, tuple[float, str, str]] = {
     "smoothgrad": (800.0, "ms", "max"),
     "occlusion": (3000.0, "ms", "max"),
     "cold_start": (8000.0, "ms", "max"),
+    "idle_rss": (1100.0, "MB", "max"),  # issue #11: idle RSS <= 1.1 GB
     "peak_rss": (1200.0, "MB", "max"),
     "speedup_full_view": (10.0, "x", "min"),
     # over HTTP, ours / a plain Gradio + Captum-defaults app (benchmarks/baseline_app.py), same image and run
