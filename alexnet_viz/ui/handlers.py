@@ -647,8 +647,11 @@ class Handlers:
     @friendly("switching the model")
     def switch_model(self, arch: str, device: str, session: Session | None) -> dict[str, Any]:
         loaded = self.model_for(None, arch, device)
+        # The untrained copy belongs to the architecture it was drawn for: its box closes and forgets it (opening
+        # it again draws the new architecture's), so it never shows another model's filters.
         return {"banner": banner(loaded), "target": gr.update(choices=target_choices(loaded, None), value=""),
-                "filters": export.filters_picture(loaded), "filters_caption": filters_caption(loaded)}
+                "filters": export.filters_picture(loaded), "filters_caption": filters_caption(loaded),
+                "untrained_box": gr.update(open=False), "untrained": None, "untrained_note": untrained_note(loaded)}
 
     def current_model(self, session: Session | None) -> dict[str, Any]:
         """The architecture and device of the visitor's results (the app's default before any image)."""

@@ -205,6 +205,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                 with gr.Accordion("Compare with an untrained copy (seed 0)", open=False) as untrained_box:
                     c["untrained_note"] = gr.Markdown(H.untrained_note(loaded), elem_classes="caption")
                     c["untrained"] = picture("untrained conv1 filters", elem_id="untrained-filters")
+                c["untrained_box"] = untrained_box
             with gr.Tab("Feature maps", id="features"):
                 c["layer_caption"] = gr.Markdown(H.CAPTIONS["features"], elem_classes="caption")
                 with gr.Row():
@@ -368,7 +369,8 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         # A switch that fails (the model does not load) keeps the visitor's model: the dropdowns go back to it
         # and nothing is re-analysed.
         switched = on([c["arch"].input, c["device"].input], h.switch_model, ["arch", "device", "session"],
-                      ["banner", "target", "filters", "filters_caption"], api_visibility="private")
+                      ["banner", "target", "filters", "filters_caption", "untrained_box", "untrained",
+                       "untrained_note"], api_visibility="private")
         arch_outputs = ["arch_table", "arch_chart", "arch_text"]
         then_panels(switched.success(
             _event(h.architecture, arch_outputs), [c["arch"]], [c[n] for n in arch_outputs],
