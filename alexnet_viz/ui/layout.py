@@ -259,13 +259,14 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                 gr.Markdown(H.CAPTIONS["architecture"], elem_classes="caption")
                 arch0_view = h.architecture(arch0)
                 c["arch_text"] = gr.Markdown(arch0_view["arch_text"], elem_id="arch-text")
-                with gr.Row(equal_height=False):
-                    c["arch_table"] = gr.Dataframe(
-                        arch0_view["arch_table"], headers=["layer", "type", "config", "output", "params", "% params",
-                                                           "MACs", "% MACs"],
-                        interactive=False, wrap=True, scale=3, max_height=4000, elem_id="arch-table")
-                    c["arch_chart"] = picture("Share of parameters vs compute", arch0_view["arch_chart"], scale=2,
-                                               show_label=False, elem_id="arch-chart")
+                # The table on the page's full width (beside the chart, its last columns scrolled out of sight at
+                # 1280x720 and in presenter mode), every row shown; the chart below it.
+                c["arch_table"] = gr.Dataframe(
+                    arch0_view["arch_table"], headers=["layer", "type", "config", "output", "params", "% params",
+                                                       "MACs", "% MACs"],
+                    interactive=False, wrap=True, max_height=4000, elem_id="arch-table")
+                c["arch_chart"] = picture("Share of parameters vs compute", arch0_view["arch_chart"],
+                                          show_label=False, elem_id="arch-chart")
             for add_tab in TABS:
                 add_tab(page, h, pool)
             with gr.Tab("Download", id="download"):
