@@ -227,3 +227,33 @@ def test_the_architecture_table_shows_every_row_and_column_for_every_architectur
             d.check(f"architecture {arch}")
         assert watch.console_errors == [] and watch.hosts() == {"127.0.0.1"}
         browser.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(("width", "height"), [(1280, 720), (1920, 1080)])
+def test_labels_cover_no_tile_number_and_every_example_shows_its_title(server: Server, width: int,
+                                                                       height: int) -> None:
+    """Seen at 1920x1080: each picture's label lay over its top edge (the numbers of conv1 filters 0 and 1, of
+    feature-map tiles 0 to 2), and the square example thumbnails hid their titles below the gallery's edge."""
+    sync_playwright = _browser_or_skip()
+    below = """(id) => { const b = document.getElementById(id); const l = b.querySelector('[data-testid=block-label]');
+        return l.getBoundingClientRect().bottom - b.querySelector('img').getBoundingClientRect().top; }"""
+    titles = """() => { const g = document.querySelector('#examples .grid-wrap').getBoundingClientRect();
+        return [...document.querySelectorAll('#examples .caption-label')].map(c => {
+          const r = c.getBoundingClientRect(); return [c.innerText, r.top >= g.top && r.bottom <= g.bottom]; }); }"""
+    with sync_playwright() as p:
+        browser, page, watch = open_page(p, server.url, width=width, height=height)
+        d = Driver(page)
+        shown = page.evaluate(titles)
+        assert len(shown) == 7 and all(inside for _, inside in shown), shown
+        d.upload(ASSETS / "cat.jpg")
+        for picture in ("filters-grid", "filter-map"):
+            assert page.evaluate(below, picture) <= 0, picture
+        d.tab("Feature maps")
+        d.choose("layer", "conv2")
+        d.wait_text("layer-info", r"^conv2\b")
+        for picture in ("layer-grid", "channel-view"):
+            assert page.evaluate(below, picture) <= 0, picture
+        d.check("labels")
+        assert watch.console_errors == [] and watch.hosts() == {"127.0.0.1"}
+        browser.close()

@@ -66,6 +66,12 @@ body.presenter .caption {display: none}
    stretching the frame with CSS would break Gradio's click coordinates (tile and filter picks). */
 .picture img {max-height: none !important; height: auto !important}
 .picture .image-container, .picture .image-frame {height: auto !important; max-height: none !important}
+/* A picture's label sits above it, not over its first tiles' numbers (nor a grid's first row). */
+.picture:has([data-testid=block-label]) .image-container {padding-top: calc(var(--block-label-text-size) * 1.25 + 12px)}
+/* Example thumbnails short enough that their titles show inside the gallery at every width (square 250 px
+   thumbnails at 1920 px hid them below its 200 px). */
+#examples .thumbnail-item {aspect-ratio: auto !important; height: 180px !important}
+#examples .grid-wrap {height: auto !important; max-height: none !important}
 """
 
 # The download starts in the browser once the zip exists: one click gives the zip of what is on screen.
