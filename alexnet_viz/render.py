@@ -39,6 +39,7 @@ __all__ = [
     "colormap_lut",
     "feature_grid",
     "filter_grid",
+    "format_probabilities",
     "format_probability",
     "grid_layout",
     "heatmap_image",
@@ -890,8 +891,8 @@ def _percent(p: float) -> str:
     return f"{p * 100:.1f}%"
 
 
-def format_probability(p: float) -> str:
-    """A probability as a percentage with 3 significant digits: 0.61 -> "61%", 0.00123 -> "0.123%".
+def format_probability(p: float, digits: int = 3) -> str:
+    """A probability as a percentage with ``digits`` (3) significant digits: 0.61 -> "61%", 0.00123 -> "0.123%".
 
     Trailing zeros after the point are dropped ("61.0%" -> "61%"), so two values that differ at 3
     significant digits always read differently; an untrained model's ~0.1% guesses show as "0.102%",
@@ -908,13 +909,25 @@ def format_probability(p: float) -> str:
     pct = p * 100.0
     if pct < 0.01:
         return "<0.01%"
-    decimals = max(0, 2 - math.floor(math.log10(pct)))
+    decimals = max(0, digits - 1 - math.floor(math.log10(pct)))
     text = f"{pct:.{decimals}f}"
     if float(text) >= 100.0:  # 99.96% rounds up: do not claim certainty
         return ">99.9%"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text + "%"
+
+
+def format_probabilities(probabilities: Sequence[float], max_digits: int = 6) -> list[str]:
+    """A ranked list of probabilities, each with the fewest significant digits (3 to ``max_digits``) at which
+    neighbours that differ read differently: an untrained cifar model's top-5 (0.101338%, 0.101273%, ...) reads
+    "0.1013%", "0.1013%"... at 4 digits and "0.10134%", "0.10127%", ... at 5, never five times "0.101%"."""
+    values = [float(p) for p in probabilities]
+    for digits in range(3, max_digits + 1):
+        texts = [format_probability(p, digits) for p in values]
+        if all(a == b or ta != tb for a, b, ta, tb in zip(values, values[1:], texts, texts[1:], strict=False)):
+            return texts
+    return texts
 
 
 def top_k_chart(
@@ -941,7 +954,7 @@ def top_k_chart(
     probs = [min(max(float(p), 0.0), 1.0) if math.isfinite(float(p)) else 0.0 for p in probabilities]
     texts = [_fit(str(t), font, int(width * 0.45)) for t in labels]
     label_w = max(_text_width(font, t) for t in texts)
-    pcts = [format_probability(float(p)) for p in probabilities]  # NaN reads "n/a", not "0%"
+    pcts = format_probabilities(probabilities)  # NaN reads "n/a", not "0%"; neighbours that differ read differently
     pct_w = max(_text_width(font, t) for t in [*pcts, "100%"])
     x0 = pad + label_w + pad
     length = width - x0 - pad - 8 - pct_w  # the bar of probability 1.0

@@ -185,3 +185,75 @@ def test_page_shows_a_bad_upload_as_one_sentence_and_goes_on(server: Server, tmp
         expect(page.locator("#status")).to_contain_text("device cpu", timeout=60_000)
         expect(page.locator("#top5")).to_contain_text("%")
         browser.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(("width", "height", "presenter"), [(1280, 720, False), (1920, 1080, True)])
+def test_the_architecture_table_shows_every_row_and_column_for_every_architecture(
+        server: Server, width: int, height: int, presenter: bool) -> None:
+    """Seen: beside the chart, the table's last columns (MACs, % MACs) scrolled out of its box at 1280x720 and in
+    presenter mode at 1920x1080. Every architecture's table shows all its rows and columns, nothing scrolls."""
+    import re
+
+    from alexnet_viz.architectures import ARCHITECTURES
+    from alexnet_viz.summary import summarize
+
+    sync_playwright = _browser_or_skip()
+    scrolled = """() => [...document.querySelectorAll('#arch-table *')].filter(e => e.clientHeight > 0 && (
+        e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1)
+        && /(auto|scroll|hidden)/.test(getComputedStyle(e).overflowX + getComputedStyle(e).overflowY))
+        .map(e => `${e.className} ${e.scrollWidth}x${e.scrollHeight} in ${e.clientWidth}x${e.clientHeight}`)"""
+    with sync_playwright() as p:
+        browser, page, watch = open_page(p, server.url, width=width, height=height)
+        d = Driver(page)
+        if presenter:
+            page.locator("#presenter input").check()
+            page.wait_for_function("() => document.body.classList.contains('presenter')")
+            page.locator("#setup").get_by_text("Examples and model").click()
+        d.tab("Architecture")
+        for arch, spec in ARCHITECTURES.items():
+            if page.locator("#arch input").input_value() != arch:
+                d.choose("arch", arch)
+                d.wait_text("arch-text", re.escape(spec.title))
+                d.idle()
+            layers = summarize(arch).layers
+            page.wait_for_function("(n) => document.querySelectorAll('#arch-table .virtual-row').length === n",
+                                   arg=len(layers))
+            last = page.locator("#arch-table .virtual-row").last
+            assert last.inner_text().split()[0] == layers[-1].name and last.is_visible()
+            assert page.evaluate(scrolled) == [], (arch, width, presenter)
+            header = page.locator("#arch-table").inner_text()
+            assert "% MACs" in header and page.locator("#arch-table").get_by_text("% MACs").first.is_visible()
+            d.check(f"architecture {arch}")
+        assert watch.console_errors == [] and watch.hosts() == {"127.0.0.1"}
+        browser.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(("width", "height"), [(1280, 720), (1920, 1080)])
+def test_labels_cover_no_tile_number_and_every_example_shows_its_title(server: Server, width: int,
+                                                                       height: int) -> None:
+    """Seen at 1920x1080: each picture's label lay over its top edge (the numbers of conv1 filters 0 and 1, of
+    feature-map tiles 0 to 2), and the square example thumbnails hid their titles below the gallery's edge."""
+    sync_playwright = _browser_or_skip()
+    below = """(id) => { const b = document.getElementById(id); const l = b.querySelector('[data-testid=block-label]');
+        return l.getBoundingClientRect().bottom - b.querySelector('img').getBoundingClientRect().top; }"""
+    titles = """() => { const g = document.querySelector('#examples .grid-wrap').getBoundingClientRect();
+        return [...document.querySelectorAll('#examples .caption-label')].map(c => {
+          const r = c.getBoundingClientRect(); return [c.innerText, r.top >= g.top && r.bottom <= g.bottom]; }); }"""
+    with sync_playwright() as p:
+        browser, page, watch = open_page(p, server.url, width=width, height=height)
+        d = Driver(page)
+        shown = page.evaluate(titles)
+        assert len(shown) == 7 and all(inside for _, inside in shown), shown
+        d.upload(ASSETS / "cat.jpg")
+        for picture in ("filters-grid", "filter-map"):
+            assert page.evaluate(below, picture) <= 0, picture
+        d.tab("Feature maps")
+        d.choose("layer", "conv2")
+        d.wait_text("layer-info", r"^conv2\b")
+        for picture in ("layer-grid", "channel-view"):
+            assert page.evaluate(below, picture) <= 0, picture
+        d.check("labels")
+        assert watch.console_errors == [] and watch.hosts() == {"127.0.0.1"}
+        browser.close()

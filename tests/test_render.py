@@ -6,6 +6,7 @@ synthetic. Nothing here times anything: speed is measured by the benchmarks, not
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import warnings
@@ -937,6 +938,28 @@ def test_format_probability() -> None:
         if float(f"{p:.3g}") != float(f"{q:.3g}") and q < 0.9995:
             assert f(p) != f(q), (p, q)
         assert f(p) != "0%"
+
+
+def test_format_probabilities_gives_neighbours_that_differ_the_digits_to_show_it() -> None:
+    """The untrained cifar and paper models' top-5 for the astronaut (torch forward, to 6 digits): at 3
+    significant digits they read "0.101%" five times and "0.111%", "0.111%", "0.109%" x3."""
+    f = render.format_probabilities
+    assert f([0.00101338, 0.00101273, 0.00101235, 0.0010122, 0.00101211]) == [
+        "0.10134%", "0.10127%", "0.10123%", "0.10122%", "0.10121%"]
+    assert f([0.00110926, 0.00110725, 0.00109211, 0.00109107, 0.00108866]) == [
+        "0.1109%", "0.1107%", "0.1092%", "0.1091%", "0.1089%"]
+    assert f([0.00121, 0.00118, 0.00117]) == ["0.121%", "0.118%", "0.117%"]  # 3 digits when they suffice
+    assert f([0.61, 0.2, 0.1]) == ["61%", "20%", "10%"] and f([0.5, 0.5]) == ["50%", "50%"]  # equal stay equal
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        ps = sorted(0.001 * (1 + rng.uniform(0, 1e-3, 5)), reverse=True)
+        texts = f(ps)
+        for p, text in zip(ps, texts, strict=True):  # every text is its value, rounded
+            digits = len(text.rstrip("%").replace("0.", "", 1).lstrip("0").replace(".", ""))
+            unit = 10 ** (math.floor(math.log10(p)) - digits + 1)
+            assert abs(float(text.rstrip("%")) / 100 - p) <= 0.5 * unit + 1e-15
+        assert all(f"{a * 100:.6g}" == f"{b * 100:.6g}" or ta != tb  # up to 6 significant digits
+                   for a, b, ta, tb in zip(ps, ps[1:], texts, texts[1:], strict=False))
 
 
 def test_top_k_chart_shows_differences_an_untrained_model_makes() -> None:

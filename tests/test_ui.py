@@ -304,6 +304,35 @@ def test_architecture_tab_and_switching(h: Handlers) -> None:
     assert "3x3" in h.switch_model("cifar", "cpu", None)["filters_caption"]
 
 
+def test_switching_the_architecture_never_leaves_the_old_untrained_copy_on_screen(h: Handlers,
+                                                                                   pool: ModelPool) -> None:
+    """Seen in Chromium: the untrained copy's box, opened on torchvision (64 11x11 filters), still showed them
+    after a switch to cifar (32 3x3 filters). A switch closes the box and forgets its picture; opening it again
+    draws the new architecture's."""
+    assert h.untrained_filters(None)["untrained"].size == export.filters_picture(pool.default).size  # box opened
+    out = h.switch_model("cifar", "cpu", None)
+    assert out["untrained_box"]["open"] is False and out["untrained"] is None
+    assert out["untrained_note"].startswith("The same architecture")
+    demo = build_demo(pool)
+    [switch] = [d for d in demo.fns.values() if d.name == "switch_model"]
+    assert any(isinstance(o, gr.Accordion) and o.label.startswith("Compare with an untrained copy")
+               for o in switch.outputs)
+
+
+def test_the_top5_shows_the_digits_that_tell_an_untrained_models_guesses_apart() -> None:
+    """The untrained cifar model's top-5 for the astronaut: five times "0.101%" at 3 digits."""
+    from types import SimpleNamespace
+
+    from alexnet_viz.ui.handlers import target_choices, top5_html
+
+    ps = [0.00101338, 0.00101273, 0.00101235, 0.0010122, 0.00101211]
+    analysis = SimpleNamespace(top_k=[SimpleNamespace(label=f"c{i}", index=i, probability=p) for i, p in enumerate(ps)])
+    shown = re.findall(r"class='top5-p'>([^<]+)<", top5_html(analysis))  # type: ignore[arg-type]
+    assert shown == ["0.10134%", "0.10127%", "0.10123%", "0.10122%", "0.10121%"]
+    loaded = SimpleNamespace(categories=[f"c{i}" for i in range(10)])
+    assert target_choices(loaded, analysis)[1][0] == "#1 c0 (0.10134%)"  # type: ignore[arg-type]
+
+
 def test_build_demo_names_the_api_endpoints(pool: ModelPool) -> None:
     demo = build_demo(pool)
     names = {dep.api_name for dep in demo.fns.values() if dep.api_visibility == "public"}

@@ -236,12 +236,13 @@ def top5_html(analysis: Analysis | None) -> str:
         return "<div class='top5 top5-empty'>Give an image: upload, webcam, paste, or click an example.</div>"
     rows = []
     top = max(analysis.top_k[0].probability, 1e-12)
-    for rank, p in enumerate(analysis.top_k, 1):
+    shown = render.format_probabilities([p.probability for p in analysis.top_k])  # digits enough to differ
+    for rank, (p, text) in enumerate(zip(analysis.top_k, shown, strict=True), 1):
         width = max(1.0, 100 * p.probability / top)
         rows.append(f"<div class='top5-row'><span class='top5-rank'>{rank}</span>"
                     f"<span class='top5-label'>{html.escape(p.label)}</span>"
                     f"<span class='top5-bar'><span style='width:{width:.1f}%'></span></span>"
-                    f"<span class='top5-p'>{probability(p.probability)}</span></div>")
+                    f"<span class='top5-p'>{text}</span></div>")
     return f"<div class='top5'>{''.join(rows)}</div>"
 
 
@@ -250,8 +251,9 @@ def label_value(analysis: Analysis) -> dict[str, float]:
 
 
 def target_choices(loaded: LoadedModel, analysis: Analysis | None) -> list[tuple[str, str]]:
-    top = [] if analysis is None else [(f"#{i + 1} {p.label} ({probability(p.probability)})", str(p.index))
-                                       for i, p in enumerate(analysis.top_k)]
+    texts = [] if analysis is None else render.format_probabilities([p.probability for p in analysis.top_k])
+    top = [] if analysis is None else [(f"#{i + 1} {p.label} ({text})", str(p.index))
+                                       for i, (p, text) in enumerate(zip(analysis.top_k, texts, strict=True))]
     shown = {value for _, value in top}
     rest = [(f"{name} ({i})", str(i)) for i, name in enumerate(loaded.categories) if str(i) not in shown]
     return [("Top-1 class (default)", ""), *top, *rest]
@@ -647,8 +649,11 @@ class Handlers:
     @friendly("switching the model")
     def switch_model(self, arch: str, device: str, session: Session | None) -> dict[str, Any]:
         loaded = self.model_for(None, arch, device)
+        # The untrained copy belongs to the architecture it was drawn for: its box closes and forgets it (opening
+        # it again draws the new architecture's), so it never shows another model's filters.
         return {"banner": banner(loaded), "target": gr.update(choices=target_choices(loaded, None), value=""),
-                "filters": export.filters_picture(loaded), "filters_caption": filters_caption(loaded)}
+                "filters": export.filters_picture(loaded), "filters_caption": filters_caption(loaded),
+                "untrained_box": gr.update(open=False), "untrained": None, "untrained_note": untrained_note(loaded)}
 
     def current_model(self, session: Session | None) -> dict[str, Any]:
         """The architecture and device of the visitor's results (the app's default before any image)."""

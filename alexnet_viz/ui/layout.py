@@ -66,6 +66,12 @@ body.presenter .caption {display: none}
    stretching the frame with CSS would break Gradio's click coordinates (tile and filter picks). */
 .picture img {max-height: none !important; height: auto !important}
 .picture .image-container, .picture .image-frame {height: auto !important; max-height: none !important}
+/* A picture's label sits above it, not over its first tiles' numbers (nor a grid's first row). */
+.picture:has([data-testid=block-label]) .image-container {padding-top: calc(var(--block-label-text-size) * 1.25 + 12px)}
+/* Example thumbnails short enough that their titles show inside the gallery at every width (square 250 px
+   thumbnails at 1920 px hid them below its 200 px). */
+#examples .thumbnail-item {aspect-ratio: auto !important; height: 180px !important}
+#examples .grid-wrap {height: auto !important; max-height: none !important}
 """
 
 # The download starts in the browser once the zip exists: one click gives the zip of what is on screen.
@@ -205,6 +211,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                 with gr.Accordion("Compare with an untrained copy (seed 0)", open=False) as untrained_box:
                     c["untrained_note"] = gr.Markdown(H.untrained_note(loaded), elem_classes="caption")
                     c["untrained"] = picture("untrained conv1 filters", elem_id="untrained-filters")
+                c["untrained_box"] = untrained_box
             with gr.Tab("Feature maps", id="features"):
                 c["layer_caption"] = gr.Markdown(H.CAPTIONS["features"], elem_classes="caption")
                 with gr.Row():
@@ -258,13 +265,14 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                 gr.Markdown(H.CAPTIONS["architecture"], elem_classes="caption")
                 arch0_view = h.architecture(arch0)
                 c["arch_text"] = gr.Markdown(arch0_view["arch_text"], elem_id="arch-text")
-                with gr.Row(equal_height=False):
-                    c["arch_table"] = gr.Dataframe(
-                        arch0_view["arch_table"], headers=["layer", "type", "config", "output", "params", "% params",
-                                                           "MACs", "% MACs"],
-                        interactive=False, wrap=True, scale=3, max_height=4000, elem_id="arch-table")
-                    c["arch_chart"] = picture("Share of parameters vs compute", arch0_view["arch_chart"], scale=2,
-                                               show_label=False, elem_id="arch-chart")
+                # The table on the page's full width (beside the chart, its last columns scrolled out of sight at
+                # 1280x720 and in presenter mode), every row shown; the chart below it.
+                c["arch_table"] = gr.Dataframe(
+                    arch0_view["arch_table"], headers=["layer", "type", "config", "output", "params", "% params",
+                                                       "MACs", "% MACs"],
+                    interactive=False, wrap=True, max_height=4000, elem_id="arch-table")
+                c["arch_chart"] = picture("Share of parameters vs compute", arch0_view["arch_chart"],
+                                          show_label=False, elem_id="arch-chart")
             for add_tab in TABS:
                 add_tab(page, h, pool)
             with gr.Tab("Download", id="download"):
@@ -368,7 +376,8 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         # A switch that fails (the model does not load) keeps the visitor's model: the dropdowns go back to it
         # and nothing is re-analysed.
         switched = on([c["arch"].input, c["device"].input], h.switch_model, ["arch", "device", "session"],
-                      ["banner", "target", "filters", "filters_caption"], api_visibility="private")
+                      ["banner", "target", "filters", "filters_caption", "untrained_box", "untrained",
+                       "untrained_note"], api_visibility="private")
         arch_outputs = ["arch_table", "arch_chart", "arch_text"]
         then_panels(switched.success(
             _event(h.architecture, arch_outputs), [c["arch"]], [c[n] for n in arch_outputs],
