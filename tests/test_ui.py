@@ -304,6 +304,24 @@ def test_architecture_tab_and_switching(h: Handlers) -> None:
     assert "3x3" in h.switch_model("cifar", "cpu", None)["filters_caption"]
 
 
+def test_a_start_without_weights_keeps_every_architecture_untrained(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `--arch cifar --weights none`, then torchvision chosen on the page: untrained as asked, no download tried.
+    import alexnet_viz.model as model_module
+
+    asked: list[bool] = []
+
+    def imagenet(*, download: bool = True, progress: bool = True) -> dict[str, torch.Tensor]:
+        asked.append(download)
+        raise model_module.WeightsError("offline")
+
+    monkeypatch.setattr(model_module, "imagenet_state_dict", imagenet)
+    loaded = ModelPool("cifar", "none", "cpu").get("torchvision", "cpu")
+    assert asked == [] and not loaded.weights.trained and "as asked (--weights none)" in str(loaded.weights.warning)
+    # The default start (ImageNet weights) still asks for torchvision's ImageNet weights on a switch.
+    ModelPool("cifar", "imagenet", "cpu").get("torchvision", "cpu")
+    assert asked == [True]
+
+
 def test_switching_the_architecture_never_leaves_the_old_untrained_copy_on_screen(h: Handlers,
                                                                                    pool: ModelPool) -> None:
     """Seen in Chromium: the untrained copy's box, opened on torchvision (64 11x11 filters), still showed them

@@ -31,6 +31,7 @@ from ..attribution import METHODS, Attribution, Contrast, attribute
 from ..errors import UserError
 from ..export import Scene
 from ..model import LoadedModel, load_model
+from ..weights import Untrained, parse_source
 from .server import RESULTS_BUDGET, STATE_CAPACITY
 
 __all__ = ["TRAINED_PREFIX", "Lane", "LatestImages", "ModelPool", "Recipe", "ResultCache", "Session", "replica"]
@@ -60,8 +61,10 @@ class ModelPool:
     analyses and quick maps, ``"slow"`` for the slow attributions (so a minute of occlusion never makes anyone's
     forward pass wait), ``"restore"`` for computing again a slow map the cache evicted (so a visitor's restyle
     never waits behind another visitor's occlusion, nor holds up anyone's forward pass).
-    The architecture given at start gets the weights given at start; the others are seeded and untrained
-    (the banner says so). At most ``max_models`` stay in memory (about 250 MB each, both lanes together).
+    The architecture given at start gets the weights given at start; the others get ImageNet's where they
+    exist, else are seeded and untrained (the banner says so), and are untrained in any case when the start
+    asked for no weights (``--weights none``: nothing is downloaded). At most ``max_models`` stay in memory
+    (about 250 MB each, both lanes together).
     ``results`` is the process-wide cache of the visitors' tensors.
 
     A model trained on this server (the Train tab) is added with :meth:`add_trained` under the name
@@ -73,6 +76,7 @@ class ModelPool:
                  num_classes: int | None = None, labels: str | None = None, max_models: int = 3,
                  results_budget: int = RESULTS_BUDGET, max_trained: int = 3) -> None:
         self._weights, self._num_classes, self._labels = weights, num_classes, labels
+        self._others = "none" if isinstance(parse_source(weights), Untrained) else "imagenet"  # other archs' weights
         self._max = max_models
         self._max_trained = max_trained
         self._trained: OrderedDict[str, Path] = OrderedDict()  # "trained:<run>" -> its model.safetensors
@@ -147,8 +151,8 @@ class ModelPool:
             elif arch == self.default_key[0]:
                 loaded = load_model(arch, self._weights, device, num_classes=self._num_classes, labels=self._labels,
                                     fallback=True)
-            else:  # no weights were given for it: ImageNet's where they exist, else untrained (the banner says)
-                loaded = load_model(arch, "imagenet", device, fallback=True)
+            else:  # no weights were given for it: see the class's docstring (the banner says which)
+                loaded = load_model(arch, self._others, device, fallback=True)
             self._put(key, _lanes(loaded))
             return self._models[key][lane]
 
