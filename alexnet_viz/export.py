@@ -70,7 +70,8 @@ class Scene:
     layers: tuple[str, ...] = ("conv1",)  # feature grids drawn (the page: the one chosen)
     sort: bool = False  # channels ordered by mean activation
     cmap: str = "viridis"  # feature maps' colour map
-    channel: int | None = None  # the channel shown over the image (first conv layer of `layers`)
+    channel: int | None = None  # the channel shown over the image (the first layer of `layers` if conv; if fc,
+    # the unit ringed in its strip)
     opacity: float = 0.7  # of channel and filter maps over the image
     filter: int | None = None  # the conv1 filter whose map is shown over the image
     methods: tuple[str, ...] = ()  # attribution maps drawn, in order
@@ -187,6 +188,14 @@ def _resolved(analysis: Analysis, scene: Scene) -> tuple[int, dict[str, int]]:
     return filt, channels
 
 
+def _ringed_unit(analysis: Analysis, scene: Scene, layer: str) -> int | None:
+    """The unit ringed in an fc layer's strip: ``scene.channel`` when that layer is the first drawn."""
+    act = analysis.activations[layer]
+    first = bool(scene.layers) and scene.layers[0] == layer
+    ok = act.ndim == 1 and first and scene.channel is not None and 0 <= scene.channel < act.shape[0]
+    return scene.channel if ok else None
+
+
 def pictures(loaded: LoadedModel, analysis: Analysis, attributions: Mapping[str, Attribution],
              scene: Scene) -> dict[str, Image.Image]:
     """Every picture of ``scene``, by file name. ``attributions`` must hold each method in ``scene.methods``
@@ -202,8 +211,9 @@ def pictures(loaded: LoadedModel, analysis: Analysis, attributions: Mapping[str,
         "strongest_channels.png": strongest_picture(loaded, analysis, cmap=scene.cmap),
     }
     for layer in scene.layers:
+        selected = channels.get(layer, _ringed_unit(analysis, scene, layer))
         files[f"features_{layer}.png"] = layer_picture(analysis, layer, sort=scene.sort, cmap=scene.cmap,
-                                                       selected=channels.get(layer), labels=loaded.categories)[0]
+                                                       selected=selected, labels=loaded.categories)[0]
         if layer in channels:
             files[f"channel_{layer}.png"] = channel_picture(analysis, layer, channels[layer], opacity=scene.opacity,
                                                             cmap=scene.cmap)

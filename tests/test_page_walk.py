@@ -57,7 +57,10 @@ def walk(d: Driver, watch: Watch, tmp: Path, layers: list[str]) -> dict[str, obj
             assert not page.locator("#channel").is_visible()
     d.example(1)  # the espresso, with fc8 chosen
     d.check("new image after an fc layer")
-    d.wait_text("layer-info", r"^fc8\b.*vector")
+    before = d.wait_text("layer-info", r"^fc8\b.*vector")
+    d.click_picture("layer-grid", 0.1, 0.05)  # a cell of the strip: that unit, named with its class
+    d.wait_text("layer-info", r"unit \d+ \(.+\): ", changed_from=before)
+    d.check("fc8 unit click")
     # conv5: a tile click names the clicked channel in the layer line and under the view.
     d.choose("layer", "conv5")
     d.wait_text("layer-info", r"^conv5\b")

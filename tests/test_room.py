@@ -362,7 +362,8 @@ def test_a_top5_never_waits_behind_the_rooms_pictures(pool: ModelPool, monkeypat
             assert not any(job.done() for job in drawn)  # the pictures are still held
             release.set()
             for job in drawn:  # every picture arrives (as a downloaded PNG file)
-                pictures = [v for v in job.result(timeout=60) if str(v).endswith(".png")]
+                values = [v.get("value") if isinstance(v, dict) else v for v in job.result(timeout=60)]  # or updates
+                pictures = [v for v in values if str(v).endswith(".png")]
                 assert len(pictures) >= 5 and all(Path(v).is_file() for v in pictures), pictures
     finally:
         release.set()

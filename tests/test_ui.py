@@ -140,9 +140,31 @@ def test_clicking_a_tile_names_that_channel_everywhere(h: Handlers) -> None:
         render.feature_grid(act, sort=True, numbers=True, selected=channel)[0]))  # the clicked tile outlined
     with pytest.raises(gr.Error, match="not between them"):
         h.pick_tile(session, gr.SelectData(None, {"index": [side, 3], "value": None}))
-    fc = h.show_layer(session, "fc6", False, "viridis", 0.7)["session"]
-    with pytest.raises(gr.Error, match="no channels to pick"):
-        h.pick_tile(fc, click)
+    # An fc layer's strip: the clicked cell is that unit, ringed, named with its value (fc8: with its class).
+    for layer, n in (("fc6", 4096), ("fc8", 1000)):
+        fc = h.show_layer(session, layer, False, "viridis", 0.7)["session"]
+        vec = fc.analysis.activations[layer]
+        labels = h.pool.default.categories if layer == "fc8" else None
+        strip = render.vector_panel(vec, labels=labels, bar_label=f"{layer} activation")
+        rows, cols = render.grid_layout(n, columns=64 if n == 1000 else 128)
+        cell = strip.width // cols
+        unit = 3 * cols + 17  # row 3, column 17
+        out = h.pick_tile(fc, gr.SelectData(None, {"index": [17 * cell + cell // 2, 3 * cell + cell // 2],
+                                                   "value": None}))
+        assert out["session"].scene.channel == unit and out["grid"]["label"] == "All units (click one)"
+        name = f" ({h.pool.default.categories[unit]})" if layer == "fc8" else ""
+        assert f"unit **{unit}{name}: {float(vec[unit]):.3g}**" in out["layer_info"], out["layer_info"]
+        assert np.array_equal(pixels(out["grid"]), np.asarray(render.vector_panel(
+            vec, labels=labels, selected=unit, bar_label=f"{layer} activation")))
+        assert not np.array_equal(pixels(out["grid"]), np.asarray(strip))  # the ring is drawn
+        with pytest.raises(gr.Error, match="cell of the strip"):  # below the strip: the colour bar
+            h.pick_tile(fc, gr.SelectData(None, {"index": [5, rows * cell + 5], "value": None}))
+        with zipfile.ZipFile(h.download(out["session"])["zip"]) as z:  # the zip: the same ringed strip
+            assert json.loads(z.read("result.json"))["settings"]["channel"] == unit
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(z.read(f"features_{layer}.png"))).convert("RGB")),
+                                  pixels(out["grid"]))
+    back = h.show_layer(out["session"], "conv2", False, "viridis", 0.7)
+    assert back["grid"]["label"] == "All channels (click one)" and back["session"].scene.channel is None
     out = h.pick_filter(session, gr.SelectData(None, {"index": [5, 5], "value": None}))
     assert "Filter **0**" in out["filter_info"] and out["session"].scene.filter == 0
     assert np.array_equal(pixels(out["filters"]), np.asarray(export.filters_picture(h.pool.default, selected=0)))
@@ -431,7 +453,8 @@ def test_pictures_are_written_once_per_content_atomically_at_png_level_1(pool: M
                              "saliency", 0.6, "auto", None)
     session = next(v for v in first.values() if isinstance(v, Session))
     out = panels_event.fn(session, "saliency")
-    files = [v for v in out.values() if isinstance(v, str) and v.endswith(".png")]
+    files = [v.get("value") if isinstance(v, dict) else v for v in out.values()]  # a value, or a gr.update's
+    files = [v for v in files if isinstance(v, str) and v.endswith(".png")]
     assert len(files) >= 5 and all(Path(v).is_file() for v in files)
     assert not any(isinstance(v, Image.Image) for v in out.values())
 

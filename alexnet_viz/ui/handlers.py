@@ -431,17 +431,21 @@ class Handlers:
         act = result.activations[layer]
         shape = "x".join(map(str, act.shape))
         zeros = result.sparsity(layer)
-        if act.ndim == 1:  # a fully connected layer: one vector, no channels to pick
-            grid, _ = export.layer_picture(result, layer, cmap=scene.cmap, labels=loaded.categories)
+        if act.ndim == 1:  # a fully connected layer: one vector, its units picked by a click on the strip
+            unit = scene.channel if scene.channel is not None and 0 <= scene.channel < act.shape[0] else None
+            grid, _ = export.layer_picture(result, layer, cmap=scene.cmap, labels=loaded.categories, selected=unit)
             top = act.topk(min(5, act.shape[0]))
             is_output = act.shape[0] == loaded.num_classes and layer == loaded.layer_names[-1]
             names = loaded.categories if is_output else None
-            units = ", ".join(f"{int(i)}{f' ({names[int(i)]})' if names else ''}: {float(v):.3g}"
-                              for v, i in zip(top.values, top.indices, strict=True))
+
+            def named(i: int) -> str:
+                return f"{i}{f' ({names[i]})' if names else ''}: {float(act[i]):.3g}"
+
+            picked = f" · unit **{named(unit)}**" if unit is not None else ""
             return {
-                "grid": grid,
+                "grid": gr.update(value=grid, label=GRID_LABELS["fc"]),
                 "layer_info": f"**{layer}**: a vector of {shape} values · {zeros:.0%} of them are zero · "
-                              f"strongest units {units}",
+                              f"strongest units {', '.join(named(int(i)) for i in top.indices)}{picked}",
                 "layer_caption": CAPTIONS["features_fc"],
                 "channel": gr.update(visible=False, interactive=False),
                 "opacity": gr.update(visible=False),
@@ -453,7 +457,7 @@ class Handlers:
         grid, _order = export.layer_picture(result, layer, sort=scene.sort, cmap=scene.cmap, selected=channel)
         mean = float(act[channel].mean())
         return {
-            "grid": grid,
+            "grid": gr.update(value=grid, label=GRID_LABELS["conv"]),
             "layer_info": f"**{layer}**: output {shape} (channels x height x width) · {zeros:.0%} of values are zero"
                           f" · showing channel **{channel}**",
             "layer_caption": CAPTIONS["features"],
@@ -527,8 +531,13 @@ class Handlers:
         session = _need(session)
         scene = session.scene
         act = session.analysis.activations[scene.layers[0]]
-        if act.ndim != 3:
-            raise _refuse("Fully connected layers have no channels to pick.")
+        if act.ndim == 1:  # an fc layer's strip: the cell clicked is a unit
+            strip, _ = export.layer_picture(session.analysis, scene.layers[0], cmap=scene.cmap)
+            unit = render.vector_unit_at(strip.width, act.shape[0], evt.index)
+            if unit is None:
+                raise _refuse("Click on a cell of the strip: each one is a unit of this layer.")
+            session = session.with_scene(channel=unit)
+            return {**self._layer_panels(self.model_for(session), session), "session": session}
         grid, order = export.layer_picture(session.analysis, scene.layers[0], sort=scene.sort, cmap=scene.cmap)
         tile = render.tile_at(grid.size, len(order), evt.index)
         if tile is None:
@@ -710,6 +719,7 @@ def _default_cam_layer(loaded: LoadedModel, layer_based: bool) -> str | None:
     return loaded.conv_layers[-1] if layer_based else None
 
 
+GRID_LABELS = {"conv": "All channels (click one)", "fc": "All units (click one)"}  # the layer grid's label
 COLORMAPS = ["viridis", "inferno", "magma", "gray", "jet", "RdBu_r", "coolwarm"]
 
 

@@ -220,7 +220,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                     c["cmap"] = gr.Dropdown(H.COLORMAPS, value="viridis", label="Colour map", elem_id="cmap")
                 c["layer_info"] = gr.Markdown(elem_id="layer-info")
                 with gr.Row(equal_height=False):
-                    c["grid"] = picture("All channels (click one)", scale=3, elem_id="layer-grid")
+                    c["grid"] = picture(H.GRID_LABELS["conv"], scale=3, elem_id="layer-grid")
                     with gr.Column(scale=2):
                         c["channel"] = gr.Slider(0, 63, value=0, step=1, label="Channel", elem_id="channel")
                         c["opacity"] = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="Opacity", elem_id="opacity")
