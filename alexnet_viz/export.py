@@ -155,12 +155,20 @@ def attribution_picture(analysis: Analysis, attr: Attribution, *, alpha: float =
                                       bar_label=f"{title} attribution")
 
 
-def compare_picture(analysis: Analysis, attrs: Sequence[Attribution], titles: Sequence[str], *,
-                    alpha: float = 0.6) -> Image.Image:
+def compare_title(attr: Attribution) -> str:
+    """A Compare tile's title: the method, and the layer it was computed on for layer methods (Grad-CAM)."""
+    from .attribution import METHODS
+
+    title = METHODS[attr.method].title if attr.method in METHODS else attr.method
+    return title + (f" on {attr.layer}" if attr.layer else "")
+
+
+def compare_picture(analysis: Analysis, attrs: Sequence[Attribution], *, alpha: float = 0.6) -> Image.Image:
     """Methods side by side on one scale: each map divided by its own 99.5th percentile of |value|."""
     base = analysis.view.resize((COMPARE_TILE, COMPARE_TILE), Image.Resampling.BICUBIC)
     tiles = []
-    for attr, title in zip(attrs, titles, strict=True):
+    for attr in attrs:
+        title = compare_title(attr)
         scale = max(render.shared_vmax([attr.heatmap], signed=attr.signed, percentile=99.5), 1e-12)
         heat = (attr.heatmap / scale).clamp(-1, 1)
         tiles.append(render.label(render.attribution_overlay(base, heat, alpha=alpha, signed=True, vmax=1.0,
@@ -200,7 +208,6 @@ def pictures(loaded: LoadedModel, analysis: Analysis, attributions: Mapping[str,
              scene: Scene) -> dict[str, Image.Image]:
     """Every picture of ``scene``, by file name. ``attributions`` must hold each method in ``scene.methods``
     and ``scene.compare``."""
-    from .attribution import METHODS
 
     filt, channels = _resolved(analysis, scene)
     files = {
@@ -222,7 +229,7 @@ def pictures(loaded: LoadedModel, analysis: Analysis, attributions: Mapping[str,
                                                                  alpha=scene.attr_alpha, cmap=scene.attr_cmap)
     if scene.compare:
         files["compare.png"] = compare_picture(analysis, [attributions[m] for m in scene.compare],
-                                               [METHODS[m].title for m in scene.compare], alpha=scene.attr_alpha)
+                                               alpha=scene.attr_alpha)
     return files
 
 

@@ -31,6 +31,16 @@ def gradio_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decoder_workers_stopped() -> Iterator[None]:
+    """The handlers' upload decoder starts worker processes on first use; stop them before the interpreter
+    tears down (as the server does), or the executor's exit hook prints an AttributeError after the run."""
+    yield
+    from alexnet_viz.ui import DECODER
+
+    DECODER.close()
+
+
 def upload(source: Path | str, image: object = None, *, folder: str = "test") -> str:
     """Put a file where Gradio keeps uploads, as a browser's upload would: a copy of `source` (a path, or the
     name of a file in assets/), or, given `image` (a PIL image), that image saved under the name `source`."""

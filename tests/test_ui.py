@@ -198,6 +198,8 @@ def test_compare_dedupes_and_uses_the_chosen_layer_and_options(h: Handlers) -> N
     assert session.scene.compare == ("saliency", "gradcam", "integrated_gradients")
     assert session.attributions["gradcam"].layer == "conv3"
     assert session.attributions["integrated_gradients"].options["n_steps"] == 5
+    assert [export.compare_title(session.attributions[m]) for m in session.scene.compare] == [
+        "Saliency (gradient)", "Grad-CAM on conv3", "Integrated gradients"]  # the tiles say which layer
     base = session.analysis.view.resize((export.COMPARE_TILE,) * 2)
     tiles = [render.label(render.attribution_overlay(base, 0 * a.heatmap, alpha=0.6, signed=True, vmax=1.0),
                           METHODS[m].title, size=22)

@@ -282,8 +282,9 @@ CAPTIONS = {
                    "strongest units are named below it.",
     "strongest": "The six channels with the largest mean activation in each conv layer, for this image.",
     "saliency": "Which pixels the chosen class score depends on, computed with Captum.",
-    "compare": "Several methods side by side, each scaled to its own largest value so one colour bar "
-               "fits all (red: supports the class; blue: speaks against it, for signed methods).",
+    "compare": "Several methods side by side, each divided by its own 99.5th percentile of |value| (so that a few "
+               "extreme pixels do not wash out the rest) so one colour bar fits all (red: supports the class; "
+               "blue: speaks against it, for signed methods).",
     "architecture": "Parameters sit in the fully connected layers; compute sits in the convolutions.",
 }
 
@@ -626,8 +627,7 @@ class Handlers:
         if progress is not None:
             progress(1.0, "done")
         session = session.with_scene(compare=tuple(chosen), attr_alpha=alpha)
-        picture = export.compare_picture(session.analysis, [session.attributions[m] for m in chosen],
-                                         [METHODS[m].title for m in chosen], alpha=alpha)
+        picture = export.compare_picture(session.analysis, [session.attributions[m] for m in chosen], alpha=alpha)
         return {"compare_image": picture, "session": session}
 
     # --- architecture -----------------------------------------------------------------------------------
