@@ -10,13 +10,16 @@ Needs Debian's chromium (/usr/bin/chromium) and playwright (the `test` extra).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
-from alexnet_viz.browser import Driver, Watch, with_page
-from alexnet_viz.launcher import launched_app
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's package (and its app.py), not another one installed
+
+from alexnet_viz.browser import Driver, Watch, with_page  # noqa: E402
+from alexnet_viz.launcher import launched_app  # noqa: E402
+
 ASSETS = ROOT / "assets"
 
 
