@@ -190,6 +190,9 @@ def test_settings_chosen_before_an_image_apply_to_it(server: Server, tmp_path: P
         d.example(5)  # the cameraman, grey
         d.check("example after an upload")
         assert d.text("status") != status and "Cameraman" in d.text("example-caption")
+        ringed = "() => [...document.querySelectorAll('#examples .thumbnail-item')].flatMap((e, i) => " \
+                 "e.className.includes('selected') ? [i] : [])"
+        assert page.evaluate(ringed) == [5]  # the example shown, and only it, ringed in the gallery
         d.tab("Feature maps")
         assert d.wait_text("layer-info", r"^fc6\b") != info  # the new image's vector
         d.tab("Saliency")

@@ -22,7 +22,7 @@ from alexnet_viz import export, render
 from alexnet_viz.attribution import METHODS
 from alexnet_viz.cli import main as cli_main
 from alexnet_viz.ui import Handlers, ModelPool, Session, build_demo, upload_path
-from alexnet_viz.ui.handlers import option_specs
+from alexnet_viz.ui.handlers import examples, option_specs
 
 from .conftest import ASSETS, upload
 
@@ -121,7 +121,11 @@ def test_a_new_image_forgets_the_old_channel_filter_and_comparison(h: Handlers) 
     assert out["session"].scene.channel is None and out["channel"]["value"] == export.strongest_channel(act)
     assert out["example_caption"].startswith("**Summer Palace:**")
     own = Path(upload("own.png", Image.open(ASSETS / "palace.jpg").rotate(90)))
-    assert analyze(h, str(own))["example_caption"] == ""  # not an example: no caption left from before
+    mine = analyze(h, str(own))
+    assert mine["example_caption"] == ""  # not an example: no caption left from before
+    assert mine["examples"]["selected_index"] == -1  # and no example ringed in the gallery (none has index -1)
+    titles = [e.title for e in examples()]
+    assert analyze(h, upload("palace.jpg"))["examples"]["selected_index"] == titles.index("Summer Palace")
 
 
 def test_clicking_a_tile_names_that_channel_everywhere(h: Handlers) -> None:

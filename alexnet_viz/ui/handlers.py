@@ -369,6 +369,9 @@ class Handlers:
             "target": gr.update(choices=target_choices(loaded, result), value=""),
             "compare_image": None,
             "example_caption": f"**{example.title}:** {example.caption}" if example else "",
+            # The example shown is the one ringed in the gallery; a visitor's own picture rings none (-1: Gradio
+            # 6.31's gallery keeps its ring on None, and shows none for an index no picture has).
+            "examples": gr.update(selected_index=examples().index(example) if example else -1),
         }
 
     @friendly("drawing the panels")

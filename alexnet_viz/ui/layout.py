@@ -302,7 +302,7 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
 
         view_inputs = ["layer", "sort", "cmap", "opacity", "method", "attr_alpha", "attr_cmap", "session"]
         first_outputs = ["session", "top5", "banner", "status", "example_caption", "layer", "cam_layer", "target",
-                         "compare_image"]
+                         "compare_image", "examples"]
         panel_outputs = ["session", "status", "method", "filters", "filter_map", "filter_info", "filters_caption",
                          "grid", "layer_info", "layer_caption", "channel", "opacity", "channel_view", "channel_info",
                          "strongest", "attr_image", "attr_info"]
