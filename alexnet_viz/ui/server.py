@@ -68,19 +68,26 @@ SLOW_LIMIT_S = 60.0
 SYSTEM_SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial",
                "sans-serif"]
 SYSTEM_MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
-TRIM_EVERY_S = 1.0  # how often the server hands freed heap pages back to the system (trim_freed_memory)
+TRIM_EVERY_S = 1.0  # how often the server looks at its size (trim_freed_memory)
+TRIM_SLACK_MB = 32.0  # a trim once the process holds this much more than after the last trim
+TRIM_AT_LEAST_S = 30.0  # and, when it holds more at all, at least this often
 
 
-def trim_freed_memory(every_s: float = TRIM_EVERY_S) -> threading.Thread | None:
-    """Every ``every_s`` seconds, have glibc hand the pages its heap arenas hold free back to the system
-    (``malloc_trim(0)``), from a daemon thread; None where there is no such call (not glibc).
+def trim_freed_memory(every_s: float = TRIM_EVERY_S, *, slack_mb: float = TRIM_SLACK_MB,
+                      at_least_s: float = TRIM_AT_LEAST_S) -> threading.Thread | None:
+    """From a daemon thread, have glibc hand the pages its heap arenas hold free back to the system
+    (``malloc_trim(0)``) whenever the process has grown by ``slack_mb`` since the last trim (looked at every
+    ``every_s`` seconds), and at least every ``at_least_s`` seconds while it has grown at all; None where there
+    is no such call (not glibc).
 
     glibc keeps what a worker thread frees in that thread's arena (and raises its mmap threshold each time a
     large block is freed, so that activations and attribution batches soon come from the arenas): a server
-    with a few worker threads then sits near 1.9 GB after 8 visitors at once instead of 1.2 GB. Trimming once
-    a second gives those pages back while requests in between reuse the arenas without a page fault. The
-    alternative, a fixed 128 KiB mmap threshold, kept memory as low but made some requests pay ~50 ms of fresh
-    pages (/explain saliency 1.31x a plain Gradio app over HTTP, against 1.00x now): benchmarks/LOAD.md."""
+    with a few worker threads then sits near 1.9 GB after 8 visitors at once instead of 1.2 GB. Trimming gives
+    those pages back. Trimming on a clock (once a second) did that too, but the request after each trim paid
+    for fresh pages again (/explain saliency and Grad-CAM 1.01-1.02x a plain Gradio app over HTTP); a visitor
+    who keeps asking reuses the same freed pages, which do not make the process grow, so trimming on growth
+    leaves those requests alone. A fixed 128 KiB mmap threshold, before that, made some requests pay ~50 ms
+    (1.31x): benchmarks/LOAD.md."""
     import ctypes
     import sys
 
@@ -88,13 +95,23 @@ def trim_freed_memory(every_s: float = TRIM_EVERY_S) -> threading.Thread | None:
         return None
     try:
         trim = ctypes.CDLL(None).malloc_trim  # the C library this process already runs on
-    except (OSError, AttributeError):
+        page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, AttributeError, ValueError):
         return None
 
+    def rss_mb() -> float:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * page_mb
+
     def loop() -> None:
+        base, last = rss_mb(), time.monotonic()
         while True:
             time.sleep(every_s)
-            trim(0)
+            now, rss = time.monotonic(), rss_mb()
+            base = min(base, rss)  # memory handed back by other means (munmap) lowers the mark
+            if rss - base >= slack_mb or (rss > base and now - last >= at_least_s):
+                trim(0)
+                base, last = rss_mb(), now
 
     thread = threading.Thread(target=loop, name="malloc-trim", daemon=True)
     thread.start()
