@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from .attribution import Attribution
     from .model import LoadedModel
 
-__all__ = ["Analysis", "Contrast", "Prediction", "analyze", "explain", "finite_or_none", "input_view", "resolve_target"]
+__all__ = ["Analysis", "Contrast", "Prediction", "analyze", "explain", "explain_image", "finite_or_none", "input_view",
+           "resolve_target"]
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,37 @@ def explain(
     """
     from .attribution import attribute
 
-    analysis = subject if isinstance(subject, Analysis) else analyze(loaded, subject, capture=False)
-    resolved = resolve_target(loaded, analysis, target)
-    x = analysis.input.to(loaded.device)
+    if not isinstance(subject, Analysis):
+        return explain_image(loaded, subject, method, target=target, layer=layer, progress=progress, **options)[1]
+    resolved = resolve_target(loaded, subject, target)
+    x = subject.input.to(loaded.device)
     return attribute(loaded.module, x, method, target=resolved, progress=progress, layer=layer or None, **options)
+
+
+def explain_image(
+    loaded: LoadedModel,
+    image: ImageSource,
+    method: str,
+    *,
+    target: int | str | Contrast | None = None,
+    layer: str | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    **options: float,
+) -> tuple[Image.Image, Attribution]:
+    """:func:`explain` for an image with no :class:`Analysis` (the API's ``/explain``), and the view its map is
+    drawn on. For the top-1 class with a method whose passes are all at the input (saliency, Grad-CAM, ...)
+    the class is read off the method's own forward pass: one forward pass fewer than predicting first."""
+    from .attribution import METHODS, TOP1, attribute
+
+    spec = METHODS.get(method)
+    if spec is not None and spec.at_input_only and (target is None or (isinstance(target, str) and
+                                                                        not target.strip())):
+        pil = image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image)
+        x = loaded.preprocess(pil)
+        attr = attribute(loaded.module, x, method, target=TOP1, progress=progress, layer=layer or None, **options)
+        return input_view(x.detach().cpu(), loaded.mean, loaded.std), attr
+    analysis = analyze(loaded, image, capture=False)
+    return analysis.view, explain(loaded, analysis, method, target=target, layer=layer, progress=progress, **options)
 
 
 def resolve_target(loaded: LoadedModel, analysis: Analysis, target: int | str | Contrast | None) -> int | Contrast:

@@ -78,6 +78,7 @@ from .targets import Contrast
 
 __all__ = [
     "METHODS",
+    "TOP1",
     "Attribution",
     "AttributionError",
     "Call",
@@ -86,6 +87,7 @@ __all__ = [
     "MethodSpec",
     "OptionError",
     "OptionSpec",
+    "TopOne",
     "attribute",
     "tqdm_progress",
 ]
@@ -188,6 +190,9 @@ class MethodSpec:
     memory_hint: str = field(default="try a smaller image", kw_only=True)  # what to lower when memory runs out
     contrastive: bool = field(default=True, kw_only=True)  # can explain score[a] - score[b]
     contrast_note: str = field(default="", kw_only=True)  # when not contrastive: why, in one sentence
+    # Every forward pass is at the input itself (no baseline, noise or perturbed copy), so the top-1 class can
+    # be read off the method's own pass (target=TOP1) instead of a pass of its own.
+    at_input_only: bool = field(default=False, kw_only=True)
     # Adjusts defaults to the input before the run: (options resolved, options given, (H, W)) -> None.
     fit: Callable[[dict[str, float | int], Mapping[str, Any], tuple[int, int]], None] | None = field(
         default=None, kw_only=True)
@@ -435,26 +440,26 @@ METHODS: Registry[MethodSpec] = Registry("attribution method", (
         "saliency", "Saliency (gradient)",
         "How much a tiny change of each pixel would move the class score: the largest absolute "
         "gradient over the three colour channels.",
-        signed=False, slow=False, runner=_saliency, phrase="the saliency map",
+        signed=False, slow=False, runner=_saliency, phrase="the saliency map", at_input_only=True,
     ),
     MethodSpec(
         "input_x_gradient", "Input × gradient",
         "Each pixel's value times its gradient, a first-order estimate of its contribution: positive "
         "pixels push the class score up, negative ones pull it down.",
-        signed=True, slow=False, runner=_input_x_gradient, phrase="input × gradient",
+        signed=True, slow=False, runner=_input_x_gradient, phrase="input × gradient", at_input_only=True,
     ),
     MethodSpec(
         "guided_backprop", "Guided backpropagation",
         "The gradient with every ReLU passing back only positive signals, which shows the sharp edges "
         "and textures that excite the class score.",
-        signed=False, slow=False, runner=_guided_backprop, phrase="guided backpropagation",
+        signed=False, slow=False, runner=_guided_backprop, phrase="guided backpropagation", at_input_only=True,
         contrastive=False, contrast_note=f"Guided backpropagation cannot show a contrast: {_CLASS_BLIND}.",
     ),
     MethodSpec(
         "deconvolution", "Deconvolution (Zeiler & Fergus)",
         "The class signal projected back through the network with ReLUs applied to the backward "
         "signal, showing the patterns the network responds to rather than this image's evidence.",
-        signed=False, slow=False, runner=_deconvolution, phrase="the deconvolution map",
+        signed=False, slow=False, runner=_deconvolution, phrase="the deconvolution map", at_input_only=True,
         contrastive=False,
         contrast_note="Deconvolution cannot show a contrast: its map hardly depends on the class, so the map "
                       "for A minus B looks like the map for A.",
@@ -493,14 +498,14 @@ METHODS: Registry[MethodSpec] = Registry("attribution method", (
         "gradcam", "Grad-CAM",
         "Where the chosen convolution layer's features support this class: its channels weighted by "
         "their average gradient, kept where positive and enlarged to the image.",
-        signed=False, slow=False, layer_based=True, runner=_gradcam, phrase="Grad-CAM",
+        signed=False, slow=False, layer_based=True, runner=_gradcam, phrase="Grad-CAM", at_input_only=True,
     ),
     MethodSpec(
         "guided_gradcam", "Guided Grad-CAM",
         "Guided backpropagation's fine detail kept only inside Grad-CAM's coarse class region, so it "
         "is both sharp and specific to the class.",
         signed=False, slow=False, layer_based=True, runner=_guided_gradcam, phrase="guided Grad-CAM",
-        contrastive=False,
+        at_input_only=True, contrastive=False,
         contrast_note="Guided Grad-CAM cannot show a contrast: its detail comes from guided backpropagation, "
                       "whose map hardly depends on the class; use Grad-CAM for a contrast.",
     ),
@@ -536,13 +541,14 @@ def attribute(
     x: torch.Tensor,
     method: str,
     *,
-    target: int | Contrast,
+    target: int | Contrast | TopOne,
     progress: Progress | None = None,
     layer: str | None = None,
     **options: float | int | None,
 ) -> Attribution:
     """Attribute ``model(x)[0, target]`` to the pixels of ``x`` (1, 3, H, W) with ``method``; with
-    ``target=Contrast(a, b)``, attribute ``model(x)[0, a] - model(x)[0, b]`` (``b=None``: the runner-up).
+    ``target=Contrast(a, b)``, attribute ``model(x)[0, a] - model(x)[0, b]`` (``b=None``: the runner-up);
+    with ``target=TOP1``, the class scored highest (``Attribution.target`` says which).
 
     Options missing (or None) take their defaults. Raises :class:`OptionError` (a ValueError) for a bad
     method, option, layer, target or input, and :class:`AttributionError` for running out of memory.
@@ -563,8 +569,17 @@ def attribute(
         t0 = time.perf_counter()
         with torch.inference_mode(False):  # gradients are needed even if the caller is in inference mode
             x0 = x.detach().clone()  # (1, 3, H, W) ours; a normal tensor even if x is an inference one
-        index, other = _check_target(model, x0, target)
-        forward, output = (model, index) if other is None else (_Difference(model, index, other), 0)
+        picker: _TopOne | None = None
+        forward: nn.Module
+        if isinstance(target, TopOne) and not spec.at_input_only:  # the class first, from a pass of its own
+            with torch.no_grad():
+                target = int(model(x0)[0].argmax())
+        if isinstance(target, TopOne):  # read off the method's own forward pass
+            picker = _TopOne(model)
+            index, other, forward, output = -1, None, picker, 0
+        else:
+            index, other = _check_target(model, x0, target)
+            forward, output = (model, index) if other is None else (_Difference(model, index, other), 0)
         size = (int(x0.shape[2]), int(x0.shape[3]))
         if spec.fit is not None:
             spec.fit(opts, options, size)
@@ -588,6 +603,10 @@ def attribute(
             raise AttributionError(f"Ran out of memory computing {spec.in_words}; {spec.memory_hint}.") from err
         finally:
             _remove_new_attrs(model, leftovers)
+        if picker is not None:
+            if picker.index is None:  # a runner that never ran the model
+                raise AttributionError(f"{spec.title} did not run the model, so it has no top-1 class.")
+            index = picker.index
         heatmap = maps.heatmap.detach().float().cpu().contiguous()
         raw = maps.raw.detach().float().cpu().contiguous()
         seconds = time.perf_counter() - t0
@@ -597,6 +616,34 @@ def attribute(
         options=MappingProxyType(opts), seconds=seconds, convergence_delta=maps.delta, layer=layer_name,
         contrast=other, steps=maps.steps,
     )
+
+
+@dataclass(frozen=True)
+class TopOne:
+    """``target=TOP1``: the class the model scores highest for this input. Methods ``at_input_only`` read it
+    off their own forward pass (one pass fewer than asking for the class first); the others fix it with a pass
+    of its own before they start."""
+
+
+TOP1 = TopOne()
+
+
+class _TopOne(nn.Module):
+    """``model`` with one output, its highest score, ``score[argmax]``: (B, 3, H, W) -> (B, 1); ``index`` is
+    that class for the first input row. Wraps, never changes, it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.index: int | None = None
+        self.training = False  # not .eval(): that would also set the shared model's mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        pick = out.detach().argmax(dim=1, keepdim=True)
+        if self.index is None:
+            self.index = int(pick[0, 0])
+        return out.gather(1, pick)
 
 
 class _Difference(nn.Module):

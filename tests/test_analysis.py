@@ -134,6 +134,40 @@ def test_explain_defaults_to_top1_and_reuses_the_analysis_input(photo: Image.Ima
     assert explain(loaded, result, "saliency", target="tabby").target == 281
 
 
+def _forward_passes(module: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    passes: list[int] = []
+    return passes, module.register_forward_hook(lambda _m, _i, _o: passes.append(1))
+
+
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "guided_backprop", "deconvolution", "gradcam",
+                                    "guided_gradcam", "deeplift"])
+def test_the_top1_map_of_an_image_needs_no_pass_of_its_own(photo: Image.Image, method: str) -> None:
+    """Issue #11 ("/explain does no work it does not need"): for the top-1 class a method whose passes are all at
+    the input reads the class off its own forward pass; the map, its class and the view are those of predicting
+    first and explaining that (bit for bit), with one forward pass fewer. DeepLIFT (a baseline pass) still
+    predicts first."""
+    from alexnet_viz.analysis import explain_image
+    from alexnet_viz.attribution import METHODS
+
+    loaded = load_model("torchvision", "none", "cpu")
+    layer = "conv5" if METHODS[method].layer_based else None
+    result = analyze(loaded, photo, capture=False)
+    passes, hook = _forward_passes(loaded.module)
+    try:
+        two_steps = explain(loaded, analyze(loaded, photo, capture=False), method, layer=layer)
+        before = len(passes)
+        passes.clear()
+        view, fused = explain_image(loaded, photo, method, layer=layer)
+    finally:
+        hook.remove()
+    assert fused.target == two_steps.target == result.top1.index == int(result.logits.argmax())
+    assert torch.equal(fused.heatmap, two_steps.heatmap) and torch.equal(fused.raw, two_steps.raw)
+    assert np.array_equal(np.asarray(view), np.asarray(result.view))
+    assert len(passes) == (before - 1 if METHODS[method].at_input_only else before), (len(passes), before)
+    # a class that is asked for is explained as asked (the top-1 is not read off the pass then)
+    assert explain_image(loaded, photo, method, layer=layer, target="tabby")[1].target == 281
+
+
 @pytest.mark.parametrize("text", ["²", "①", "٣", "2²", "-1", "1e3", "0x1f", " ", ""])
 def test_targets_are_ascii_digits_or_a_class_name(text: str) -> None:
     loaded = load_model("cifar", "none", "cpu", num_classes=3, labels=["ant", "bee", "wasp"])

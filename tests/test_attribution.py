@@ -653,3 +653,19 @@ def test_to_dict_is_strict_json(model: nn.Sequential, x64: torch.Tensor) -> None
                     "seconds": round(attr.seconds, 4), "convergence_delta": attr.convergence_delta, "steps": 4}
     broken = dataclasses.replace(attr, convergence_delta=float("nan"), seconds=float("inf"))
     assert json.loads(json.dumps(broken.to_dict(), allow_nan=False))["convergence_delta"] is None
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_top1_target_is_the_highest_score_for_every_method(frozen: nn.Sequential, x64: torch.Tensor,
+                                                           method: str) -> None:
+    """``target=TOP1``: the class the model scores highest, read off the method's own pass where all its passes
+    are at the input, else fixed by a pass first; either way the same map as asking for that class by index."""
+    with torch.no_grad():
+        best = int(frozen(x64)[0].argmax())
+    options: dict[str, Any] = {"n_steps": 4, "tolerance": 0.0} if method == "integrated_gradients" else {}
+    options |= {"samples": 2} if method == "smoothgrad" else {}
+    options |= {"window": 16, "stride": 16} if method == "occlusion" else {}
+    by_index = attribute(frozen, x64, method, target=best, **options)
+    top = attribute(frozen, x64, method, target=attribution.TOP1, **options)
+    assert top.target == best
+    assert torch.equal(top.heatmap, by_index.heatmap), method  # SmoothGrad's noise is seeded: the same too

@@ -325,8 +325,13 @@ def test_one_slow_job_per_visitor_over_http(pool: ModelPool) -> None:
             release.set()
             done = until_completed(http, url, "tab-a", first.json()["event_id"])
             assert done["success"], done
-            again = join_queue(http, url, explain_fn, [_file(cat), "saliency", ""], "tab-a")
-            assert again.status_code == 200  # the first finished: the tab may ask again
+            # The first finished: the tab may ask again. Gradio forgets an event a moment after it has sent its
+            # result (queueing.process_events' finally), so a request in that moment is still refused: retried.
+            deadline = time.monotonic() + 10
+            while (again := join_queue(http, url, explain_fn, [_file(cat), "saliency", ""], "tab-a")).status_code \
+                    == 400 and again.json()["detail"] == BUSY and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert again.status_code == 200, again.text
             assert until_completed(http, url, "tab-a", again.json()["event_id"])["success"]
             assert until_completed(http, url, "tab-b", other.json()["event_id"])["success"]
     finally:

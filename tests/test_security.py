@@ -281,6 +281,10 @@ def test_no_event_takes_a_weights_path_or_a_file_name(monkeypatch: pytest.Monkey
     default = pool.default
     monkeypatch.setattr(ui.state, "load_model", lambda *a, **k: loads.append(a) or default)
     ui.Handlers(pool).switch_model("paper", "cpu", None)
+    assert loads == [("paper", "none", "cpu")]  # the start asked for none: none for any architecture, never a file
+    imagenet_pool = ui.ModelPool("torchvision", "imagenet", "cpu")  # offline here: seeded, with the banner
+    loads.clear()
+    ui.Handlers(imagenet_pool).switch_model("paper", "cpu", None)
     assert loads == [("paper", "imagenet", "cpu")]  # ImageNet's where they exist (not for paper): never a file
 
 

@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 
 from .. import export, render
-from ..analysis import Analysis, analyze, explain
+from ..analysis import Analysis, analyze, explain, explain_image
 from ..architectures import ARCHITECTURES, build_model
 from ..attribution import METHODS, Attribution, AttributionError, OptionSpec
 from ..errors import UserError, is_out_of_memory
@@ -711,11 +711,11 @@ class Handlers:
         if len(str(target or "")) > 200:
             raise _refuse(f"No class is called {_echo(target)}.")
         loaded = self.pool.get(*self.pool.default_key, lane="slow")  # runs in the slow group: its replica
-        result = analyze(loaded, self.decode(upload_path(image)), capture=False)  # no layer is hooked
-        attr = explain(loaded, result, method, target=target or None,
-                       layer=_default_cam_layer(loaded, METHODS[method].layer_based),
-                       progress=_Bounded(None, self.time_limit_s))
-        return render.attribution_overlay(result.view, attr.heatmap, alpha=0.6, signed=attr.signed)
+        # No layer is hooked, and the top-1 class comes from the method's own forward pass where it can.
+        view, attr = explain_image(loaded, self.decode(upload_path(image)), method, target=target or None,
+                                   layer=_default_cam_layer(loaded, METHODS[method].layer_based),
+                                   progress=_Bounded(None, self.time_limit_s))
+        return render.attribution_overlay(view, attr.heatmap, alpha=0.6, signed=attr.signed)
 
 
 def _default_cam_layer(loaded: LoadedModel, layer_based: bool) -> str | None:
