@@ -8,6 +8,7 @@ API call that only needs the top classes or one map should pay.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -43,7 +44,6 @@ class Prediction:
 class Analysis:
     """Everything one forward pass computed for one image. Tensors live on the CPU, batch dim dropped."""
 
-    view: Image.Image  # the resized, centre-cropped image the model saw, (S, S) - overlays go on this
     input: torch.Tensor  # (1, 3, S, S) normalised model input, CPU
     logits: torch.Tensor  # (num_classes,)
     probabilities: torch.Tensor  # (num_classes,) softmax of logits
@@ -52,6 +52,14 @@ class Analysis:
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds: decode, preprocess, forward
     arch: str = ""
     device: str = "cpu"
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)  # the normalisation of ``input``, to undo it for ``view``
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    @functools.cached_property
+    def view(self) -> Image.Image:
+        """The resized, centre-cropped image the model saw, (S, S): overlays go on this. Drawn when first asked
+        for (a prediction alone never needs it)."""
+        return input_view(self.input, self.mean, self.std)
 
     @property
     def top1(self) -> Prediction:
@@ -112,7 +120,6 @@ def analyze(loaded: LoadedModel, image: ImageSource, *, top_k: int = 5, capture:
     )
     x_cpu = x.detach().cpu()
     return Analysis(
-        view=input_view(x_cpu, loaded.mean, loaded.std),
         input=x_cpu,
         logits=logits,
         probabilities=probs,
@@ -121,6 +128,8 @@ def analyze(loaded: LoadedModel, image: ImageSource, *, top_k: int = 5, capture:
         timings=MappingProxyType({"decode": t1 - t0, "preprocess": t2 - t1, "forward": t3 - t2}),
         arch=loaded.arch,
         device=str(loaded.device),
+        mean=tuple(loaded.mean),
+        std=tuple(loaded.std),
     )
 
 
