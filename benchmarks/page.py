@@ -267,6 +267,18 @@ class PageTab:
             raise RuntimeError(f"{api_name} refused: {answer.status_code} {answer.text[:200]}")
         return until_completed(self.http, self.url, self.session, answer.json()["event_id"], self.timeout)
 
+    def api(self, api_name: str, data: list[Any]) -> list[Any]:
+        """A public endpoint as a client calls it: the event, then every picture it answers with fetched (as
+        gradio_client's download does); its outputs."""
+        done = self.run(api_name, data)
+        if not done.get("success"):
+            raise RuntimeError(f"{api_name} failed: {str(done.get('output'))[:200]}")
+        outputs: list[Any] = done["output"]["data"]
+        for value in outputs:
+            if isinstance(value, dict) and value.get("url"):
+                self.http.get(value["url"]).raise_for_status()
+        return outputs
+
     def analyze(self, image: Path) -> None:
         done = self.run("analyze", [self.upload(image), *ANALYZE_ARGS, None])
         if not done.get("success"):

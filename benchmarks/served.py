@@ -21,17 +21,21 @@ from benchmarks.rows import make_row, ratio_row, sig
 from benchmarks.timing import Stat
 
 BASELINE = (sys.executable, "-m", "benchmarks.baseline_app")
-# endpoint rows over HTTP: key -> (label, the call, given a client and the image)
-# The HTTP ratios compare two ~0.1 s medians that differ by a few milliseconds; 5-run medians of them spread by
-# +-3% on this machine, so these rows take at least this many runs.
+# The HTTP ratios compare two medians that differ by a few milliseconds; 5-run medians of them spread by +-3% on
+# this machine, so these rows take at least this many runs.
 HTTP_MIN_RUNS = 15
 
-HTTP_STEPS: dict[str, tuple[str, Callable[[Any, Path], Any]]] = {
-    "predict": ("/predict (top-5)", page.api_predict),
-    "saliency": ("/explain saliency", lambda client, image: page.api_explain(client, image, "saliency")),
-    "gradcam": ("/explain Grad-CAM", lambda client, image: page.api_explain(client, image, "gradcam")),
+# Endpoint rows over HTTP: key -> (label, the call, given a tab and the image). Each call is what a client does:
+# upload the file, join the queue, read the event stream to the result, fetch the picture. Not gradio_client:
+# its result() looks for new messages every 50 ms (gradio_client/utils.py, get_pred_from_sse), which rounds
+# each request up to a 50 ms step and hides any difference smaller than that (both apps' /explain saliency
+# read 164-165 ms through it while the handlers took 41 and 57 ms).
+HTTP_STEPS: dict[str, tuple[str, Callable[[page.PageTab, Path], Any]]] = {
+    "predict": ("/predict (top-5)", lambda tab, image: tab.api("predict", [tab.upload(image)])),
+    "saliency": ("/explain saliency", lambda tab, image: tab.api("explain", [tab.upload(image), "saliency", ""])),
+    "gradcam": ("/explain Grad-CAM", lambda tab, image: tab.api("explain", [tab.upload(image), "gradcam", ""])),
     "integrated_gradients": ("/explain integrated gradients (at each app's defaults)",
-                             lambda client, image: page.api_explain(client, image, "integrated_gradients")),
+                             lambda tab, image: tab.api("explain", [tab.upload(image), "integrated_gradients", ""])),
 }
 
 
@@ -81,22 +85,20 @@ def cold_start(*, runs: int, warmup: int, image: Path, env: Mapping[str, str] | 
 def over_http(*, runs: int, warmup: int, image: Path) -> list[dict[str, Any]]:
     """Ours (``app.py --weights none --device cpu``) and ``baseline_app`` side by side on 127.0.0.1: each
     endpoint ``warmup`` + ``max(runs, HTTP_MIN_RUNS)`` times, the two servers taking turns call by call (a
-    change in the machine's load hits both alike); rows of each side's medians and of ours / plain."""
-    from gradio_client import Client
-
+    change in the machine's load hits both alike), each side one tab over raw HTTP (``page.PageTab``); rows of
+    each side's medians and of ours / plain."""
     runs = max(runs, HTTP_MIN_RUNS)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="alexnet-viz-bench-http-") as tmp, \
             launched_app(Path(tmp) / "ours") as ours, \
             launched_app(Path(tmp) / "plain", command=BASELINE) as plain:
-        clients = {"ours": Client(ours.url, verbose=False, download_files=str(Path(tmp) / "dl-ours")),
-                   "plain": Client(plain.url, verbose=False, download_files=str(Path(tmp) / "dl-plain"))}
+        tabs = {"ours": page.PageTab(ours.url, timeout=120), "plain": page.PageTab(plain.url, timeout=120)}
         for key, (label, call) in HTTP_STEPS.items():
-            stats = {side: Stat(load=os.getloadavg()[0]) for side in clients}
+            stats = {side: Stat(load=os.getloadavg()[0]) for side in tabs}
             for i in range(warmup + runs):
-                for side, client in clients.items():
+                for side, tab in tabs.items():
                     t0 = time.perf_counter()
-                    call(client, image)
+                    call(tab, image)
                     if i >= warmup:
                         stats[side].wall.append(time.perf_counter() - t0)
             medians = {side: statistics.median(s.wall) * 1000 for side, s in stats.items()}
@@ -105,4 +107,6 @@ def over_http(*, runs: int, warmup: int, image: Path) -> list[dict[str, Any]]:
                                  stat=stats["plain"]))
             rows.append(ratio_row(f"http_ratio_{key}", f"over HTTP, ours / plain: {label}", medians["ours"],
                                   medians["plain"], ours_ms=sig(medians["ours"]), plain_ms=sig(medians["plain"])))
+        for tab in tabs.values():
+            tab.close()
     return rows

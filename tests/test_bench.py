@@ -21,6 +21,8 @@ from alexnet_viz.launcher import free_port, proc_status, stop, wait_until_servin
 from benchmarks import burst, levers, main, page, rows
 from benchmarks.timing import Stat
 
+from .conftest import Server
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench.py"
 
@@ -180,3 +182,24 @@ def test_channel_shown_reads_the_slider_not_the_text() -> None:
     assert page.channel_shown(("grid.png", "**conv2** · showing channel 7", "view.png", update)) == 130
     assert page.channel_shown(("grid.png", "", None, 5)) == 5
     assert page.channel_shown(("grid.png", "", None, {"value": None})) is None
+
+
+def test_the_http_rows_call_the_endpoints_as_a_client_does(server: Server) -> None:
+    """The over-HTTP rows' calls (raw HTTP, not gradio_client's 50 ms polling): /predict answers this image's
+    top-5 (as the engine computes it locally), /explain a picture that the tab then fetches."""
+    from alexnet_viz.analysis import analyze
+    from alexnet_viz.model import load_model
+    from benchmarks.served import HTTP_STEPS
+
+    tab = page.PageTab(server.url, timeout=120)
+    try:
+        cat = ROOT / "assets" / "cat.jpg"
+        [label] = HTTP_STEPS["predict"][1](tab, cat)
+        local = analyze(load_model("torchvision", "none", "cpu"), cat, capture=False)
+        assert [c["label"] for c in label["confidences"]] == [p.label for p in local.top_k]
+        assert all(abs(c["confidence"] - p.probability) < 1e-5 for c, p in zip(label["confidences"], local.top_k,
+                                                                               strict=True))
+        [picture] = HTTP_STEPS["gradcam"][1](tab, cat)
+        assert picture["url"].startswith(server.url) and picture["path"].endswith(".png")
+    finally:
+        tab.close()
