@@ -34,7 +34,7 @@ def take(d: Driver, watch: Watch, out: Path, photo: Path) -> list[Path]:
         else:
             page.locator(f"#{anchor}").scroll_into_view_if_needed()
         path = out / f"{name}.png"
-        page.screenshot(path=str(path))
+        page.screenshot(path=str(path), animations="disabled")  # not mid fade-in of a new picture
         written.append(path)
 
     d.upload(photo)
