@@ -126,6 +126,7 @@ def test_presenter_mode_reads_from_the_back_and_fits_the_first_screen(server: Se
     with sync_playwright() as p:
         browser, page, watch = open_page(p, server.url)
         d = Driver(page)
+        page.locator("#filters-caption p").wait_for(timeout=60_000)  # drawn after the banner open_page waits for
         for selector in (".gradio-container", "#top5 .top5-empty", "#filters-caption p"):
             size = page.evaluate(FONT_JS, selector)
             assert size >= 16, (selector, size)  # a laptop
@@ -244,6 +245,9 @@ def test_labels_cover_no_tile_number_and_every_example_shows_its_title(server: S
     with sync_playwright() as p:
         browser, page, watch = open_page(p, server.url, width=width, height=height)
         d = Driver(page)
+        # the gallery is drawn after the banner (seen once in CI: no .grid-wrap yet when asked)
+        page.wait_for_function("() => document.querySelector('#examples .grid-wrap') !== null && "
+                               "document.querySelectorAll('#examples .caption-label').length === 7", timeout=60_000)
         shown = page.evaluate(titles)
         assert len(shown) == 7 and all(inside for _, inside in shown), shown
         d.upload(ASSETS / "cat.jpg")
