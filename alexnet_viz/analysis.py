@@ -100,7 +100,7 @@ def analyze(loaded: LoadedModel, image: ImageSource, *, top_k: int = 5, capture:
     """Load ``image``, run ONE forward pass and return the result; with ``capture`` every visible layer's output
     is kept too (``capture=False``: no hooks, ``activations`` empty, for callers that need only predictions)."""
     t0 = time.perf_counter()
-    pil = image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image)
+    pil = _rgb(image)
     t1 = time.perf_counter()
     x = loaded.preprocess(pil)  # (1, 3, S, S); made outside inference mode so attribution can use it
     t2 = time.perf_counter()
@@ -179,14 +179,22 @@ def explain_image(
     from .attribution import METHODS, TOP1, attribute
 
     spec = METHODS.get(method)
-    if spec is not None and spec.at_input_only and (target is None or (isinstance(target, str) and
-                                                                        not target.strip())):
-        pil = image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image)
-        x = loaded.preprocess(pil)
+    if spec is not None and spec.at_input_only and (target is None or _blank(target)):
+        x = loaded.preprocess(_rgb(image))
         attr = attribute(loaded.module, x, method, target=TOP1, progress=progress, layer=layer or None, **options)
         return input_view(x.detach().cpu(), loaded.mean, loaded.std), attr
     analysis = analyze(loaded, image, capture=False)
     return analysis.view, explain(loaded, analysis, method, target=target, layer=layer, progress=progress, **options)
+
+
+def _rgb(image: ImageSource) -> Image.Image:
+    """An RGB picture as it is; anything else through the intake (:func:`load_image`)."""
+    return image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image)
+
+
+def _blank(target: object) -> bool:
+    """Nothing typed for a class: with ``None``, what means the top-1 class."""
+    return isinstance(target, str) and not target.strip()
 
 
 def resolve_target(loaded: LoadedModel, analysis: Analysis, target: int | str | Contrast | None) -> int | Contrast:
@@ -198,6 +206,6 @@ def resolve_target(loaded: LoadedModel, analysis: Analysis, target: int | str | 
         scores = analysis.logits.clone()
         scores[a] = -math.inf
         return Contrast(a, int(scores.argmax()))
-    if target is None or (isinstance(target, str) and not target.strip()):  # nothing typed: the top-1 class
+    if target is None or _blank(target):  # nothing given: the top-1 class
         return analysis.top1.index
     return loaded.class_index(target)

@@ -40,6 +40,7 @@ __all__ = [
     "attribution_picture",
     "channel_picture",
     "compare_picture",
+    "compare_title",
     "conv1_grid",
     "display",
     "filter_map_picture",
@@ -47,6 +48,7 @@ __all__ = [
     "layer_picture",
     "pictures",
     "result_json",
+    "ringed_unit",
     "strongest_channel",
     "strongest_picture",
     "to_json",
@@ -196,7 +198,7 @@ def _resolved(analysis: Analysis, scene: Scene) -> tuple[int, dict[str, int]]:
     return filt, channels
 
 
-def _ringed_unit(analysis: Analysis, scene: Scene, layer: str) -> int | None:
+def ringed_unit(analysis: Analysis, scene: Scene, layer: str) -> int | None:
     """The unit ringed in an fc layer's strip: ``scene.channel`` when that layer is the first drawn."""
     act = analysis.activations[layer]
     first = bool(scene.layers) and scene.layers[0] == layer
@@ -218,7 +220,7 @@ def pictures(loaded: LoadedModel, analysis: Analysis, attributions: Mapping[str,
         "strongest_channels.png": strongest_picture(loaded, analysis, cmap=scene.cmap),
     }
     for layer in scene.layers:
-        selected = channels.get(layer, _ringed_unit(analysis, scene, layer))
+        selected = channels.get(layer, ringed_unit(analysis, scene, layer))
         files[f"features_{layer}.png"] = layer_picture(analysis, layer, sort=scene.sort, cmap=scene.cmap,
                                                        selected=selected, labels=loaded.categories)[0]
         if layer in channels:

@@ -436,7 +436,7 @@ class Handlers:
         shape = "x".join(map(str, act.shape))
         zeros = result.sparsity(layer)
         if act.ndim == 1:  # a fully connected layer: one vector, its units picked by a click on the strip
-            unit = scene.channel if scene.channel is not None and 0 <= scene.channel < act.shape[0] else None
+            unit = export.ringed_unit(result, scene, layer)
             grid, _ = export.layer_picture(result, layer, cmap=scene.cmap, labels=loaded.categories, selected=unit)
             top = act.topk(min(5, act.shape[0]))
             is_output = act.shape[0] == loaded.num_classes and layer == loaded.layer_names[-1]
