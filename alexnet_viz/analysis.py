@@ -193,7 +193,7 @@ def _rgb(image: ImageSource) -> Image.Image:
 
 
 def _blank(target: object) -> bool:
-    """Nothing typed for a class: with ``None``, what means the top-1 class."""
+    """Whether ``target`` is text with nothing typed in it (which, like None, asks for the top-1 class)."""
     return isinstance(target, str) and not target.strip()
 
 

@@ -280,9 +280,7 @@ class PageTab:
         return outputs
 
     def analyze(self, image: Path) -> None:
-        done = self.run("analyze", [self.upload(image), *ANALYZE_ARGS, None])
-        if not done.get("success"):
-            raise RuntimeError(f"analyze failed: {str(done.get('output'))[:200]}")
+        self.api("analyze", [self.upload(image), *ANALYZE_ARGS, None])
 
     def explain_at_max(self, method: str) -> dict[str, Any]:
         """The page's Explain (its private event) for ``method`` with every slider where it costs the most."""
