@@ -43,6 +43,12 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"
 MAX_FILE_SIZE = "20mb"  # the intake refuses more than 25 MB anyway; Gradio answers 413 above this
 QUEUE_SIZE = 128  # waiting requests at most: a lecture hall of 100 uploading within 20 s all queue (LOAD.md)
 CONCURRENCY = 2  # events running at once: a free Space has 2 cores
+# Stopping (Ctrl-C, SIGTERM): connections still open once the page is closed get this long to end before
+# uvicorn cancels them. Its default waits for them forever, Gradio's server.close() gives up after 5 s, and the
+# interrupt's backstop (SHUTDOWN_BACKSTOP_S) used to end the process first, so that one open tab skipped every
+# exit clean-up (the decoder's workers, the training tab's temp folder).
+GRACEFUL_S = 1  # seconds (uvicorn takes whole ones)
+SHUTDOWN_BACKSTOP_S = 8.0  # past GRACEFUL_S and Gradio's own 5 s wait: only an interrupt that got lost
 SLOW_CONCURRENCY = 1  # slow attributions (integrated gradients, occlusion, ...) at once, in their own group
 DECODER = IsolatedDecoder()  # worker processes for the server's uploads: a crash or a stall costs one request
 # Events that only move values around (no model): queued like every event (api_open=False leaves no route
@@ -133,7 +139,7 @@ def serve(*, arch: str | None = None, weights: str = "imagenet", device: str = "
         # Python drops an exception raised where it cannot propagate (an import lock's callback, a __del__):
         # should this one land there, the timer ends the process anyway (its workers follow it by themselves).
         def interrupt(signum: int, _frame: object) -> None:
-            backstop = threading.Timer(3.0, os._exit, args=(128 + signum,))
+            backstop = threading.Timer(SHUTDOWN_BACKSTOP_S, os._exit, args=(128 + signum,))
             backstop.daemon = True
             backstop.start()
             raise KeyboardInterrupt
@@ -181,8 +187,27 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share:
         footer_links=["gradio"],
         run_history=False,  # no runs page, no "connect a bucket" endpoint on a public app
         app_kwargs=upload_limit_kwargs(),  # one file per upload request (Gradio takes up to 1000)
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,  # blocked below, once the server's shutdown is set
         state_session_capacity=STATE_CAPACITY,
         quiet=not block,
     )
+    if demo.server is not None:  # uvicorn reads it when it shuts down
+        demo.server.config.timeout_graceful_shutdown = GRACEFUL_S
+    if block:
+        _serve_until_interrupted(demo)
     return demo
+
+
+def _serve_until_interrupted(demo: gr.Blocks) -> None:
+    """Wait for Ctrl-C or SIGTERM, then close the page the way ``demo.close()`` does.
+
+    Not ``demo.block_thread()``: on an interrupt it only stops the HTTP server, which then waits for every
+    visitor's heartbeat stream (one per open tab) until ``GRACEFUL_S`` cancels them with a traceback each.
+    ``close()`` also ends the queue and those streams, so that open tabs do not hold the exit up.
+    """
+    try:
+        while demo.is_running:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        log.info("stopping: closing the server")
+        demo.close(verbose=False)
