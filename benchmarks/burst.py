@@ -191,7 +191,7 @@ def verdicts(room: dict[str, Any], busy: dict[str, Any]) -> dict[str, dict[str, 
 def run_burst(args: argparse.Namespace) -> int:
     started, load_start = time.monotonic(), [round(v, 2) for v in os.getloadavg()]
     deadline = started + args.max_seconds
-    with tempfile.TemporaryDirectory(prefix="alexnet-viz-burst-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="alexnet-viz-burst-") as tmp_name, page.client_temp_in(tmp_name):
         tmp = Path(tmp_name)
         images, top5 = prepare(args.burst, tmp, expected_top5)
         with launched_app(tmp, port=args.port or None, timeout=180) as app:

@@ -85,11 +85,15 @@ def _rel(path: Path) -> str:
 
 @contextlib.contextmanager
 def _offline(tmp: str) -> Any:
-    """Gradio's uploads in ``tmp``, no analytics, no Hub, matplotlib off-screen; the environment restored after."""
+    """Gradio's uploads (and its client's temp folders) in ``tmp``, no analytics, no Hub, matplotlib
+    off-screen; the environment restored after."""
+    from benchmarks.page import client_temp_in
+
     saved = {k: os.environ.get(k) for k in ("GRADIO_TEMP_DIR", *OFFLINE_ENV)}
     os.environ.update(GRADIO_TEMP_DIR=tmp, **OFFLINE_ENV)
     try:
-        yield
+        with client_temp_in(tmp):
+            yield
     finally:
         for key, value in saved.items():
             if value is None:

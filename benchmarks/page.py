@@ -7,11 +7,13 @@ shape, this file is the one to adapt. Nothing here reads the page's text: steps 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import statistics
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,19 @@ def encode_png(pictures: Sequence[Any], compress_level: int | None = None, *, gr
         picture.save(buffer, format="PNG", compress_level=compress_level)
         total += buffer.tell()
     return total
+
+
+@contextlib.contextmanager
+def client_temp_in(folder: Path | str) -> Iterator[None]:
+    """Python's temp folder is ``folder`` while this runs. gradio_client's download (``Client._download_file``)
+    makes a folder of its own in ``tempfile.gettempdir()`` for every file it fetches and leaves it there, empty,
+    once the file has moved to its download folder: load runs had left thousands of them in /tmp."""
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
 
 
 def with_encoderinfo(pictures: Sequence[Any], **info: Any) -> list[Any]:

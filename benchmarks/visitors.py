@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     deadline = started + args.max_seconds
 
-    with tempfile.TemporaryDirectory(prefix="alexnet-viz-load-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="alexnet-viz-load-") as tmp_name, page.client_temp_in(tmp_name):
         tmp = Path(tmp_name)
         _, expected = prepare(args.clients, tmp, expectations)
         port = args.port or free_port()

@@ -25,10 +25,15 @@ ASSETS = ROOT / "assets"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def gradio_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def gradio_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Gradio's uploads, and gradio_client's temp folders (one left empty in the temp folder per file it
+    downloads: ``benchmarks.page.client_temp_in``), in this run's own folders rather than /tmp."""
+    from benchmarks.page import client_temp_in
+
     path = tmp_path_factory.mktemp("gradio")
     os.environ["GRADIO_TEMP_DIR"] = str(path)
-    return path
+    with client_temp_in(tmp_path_factory.mktemp("tmp")):
+        yield path
 
 
 @pytest.fixture(scope="session", autouse=True)

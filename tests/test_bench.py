@@ -203,3 +203,20 @@ def test_the_http_rows_call_the_endpoints_as_a_client_does(server: Server) -> No
         assert picture["url"].startswith(server.url) and picture["path"].endswith(".png")
     finally:
         tab.close()
+
+
+def test_gradio_clients_temp_folders_go_where_they_are_sent(tmp_path: Path) -> None:
+    """gradio_client makes a folder in tempfile.gettempdir() per downloaded file and leaves it empty; inside
+    client_temp_in they land in the given folder, and the temp folder before it comes back after."""
+    import tempfile
+
+    from gradio_client.utils import create_tmp_copy_of_file  # the same tempfile.gettempdir() call
+
+    source = tmp_path / "a.txt"
+    source.write_text("x")
+    before = tempfile.gettempdir()
+    with page.client_temp_in(tmp_path / "here"):
+        (tmp_path / "here").mkdir()
+        copy = Path(create_tmp_copy_of_file(str(source)))
+    assert copy.parent.parent == (tmp_path / "here").resolve() and copy.read_text() == "x"
+    assert tempfile.gettempdir() == before
