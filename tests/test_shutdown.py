@@ -83,8 +83,8 @@ def _hold_heartbeat(url: str, session: str, ended: threading.Event) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-@pytest.mark.parametrize("busy", [False, True], ids=["tab-open", "job-running"])
+@pytest.mark.parametrize(("signum", "busy"), [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM-tab-open", "SIGINT-job-running"])  # each signal, each state, 2 launches
 def test_open_tabs_and_running_jobs_do_not_hold_up_a_clean_stop(tmp_path: Path, signum: int, busy: bool) -> None:
     """A tab left open in a browser (and a job still running) ends with the server, which exits through its
     clean-up, not through the interrupt's backstop: the training tab's temp folder is removed. Before Gradio's
