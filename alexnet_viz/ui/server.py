@@ -202,8 +202,9 @@ def _serve_until_interrupted(demo: gr.Blocks) -> None:
     """Wait for Ctrl-C or SIGTERM, then close the page the way ``demo.close()`` does.
 
     Not ``demo.block_thread()``: on an interrupt it only stops the HTTP server, which then waits for every
-    visitor's heartbeat stream (one per open tab) until ``GRACEFUL_S`` cancels them with a traceback each.
-    ``close()`` also ends the queue and those streams, so that open tabs do not hold the exit up.
+    visitor's heartbeat stream (one per open tab; forever by uvicorn's default). ``close()`` also ends the queue
+    and those streams, so that open tabs do not hold the exit up; a request still running when it comes is cut
+    off after ``GRACEFUL_S`` (uvicorn logs that, with the request's stack).
     """
     try:
         while demo.is_running:
