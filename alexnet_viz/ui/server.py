@@ -191,8 +191,9 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share:
         state_session_capacity=STATE_CAPACITY,
         quiet=not block,
     )
-    if demo.server is not None:  # uvicorn reads it when it shuts down
-        demo.server.config.timeout_graceful_shutdown = GRACEFUL_S
+    server = getattr(demo, "server", None)  # set by launch(): uvicorn's Server
+    if server is not None:  # uvicorn reads it when it shuts down
+        server.config.timeout_graceful_shutdown = GRACEFUL_S
     if block:
         _serve_until_interrupted(demo)
     return demo
