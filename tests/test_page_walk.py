@@ -207,3 +207,42 @@ def test_settings_chosen_before_an_image_apply_to_it(server: Server, tmp_path: P
         assert watch.console_errors == []
 
     with_page(server.url, run)
+
+
+def test_each_new_image_is_analysed_once(server: Server, tmp_path: Path, browser_ready: None) -> None:
+    """An upload that replaces an image, a refused file after it, and an example click each start every event
+    of a new image exactly once, and a refused file shows its sentence once. (Gradio 6.31 fires an image's
+    `change` twice when an upload replaces an image: the page listened to it, and analysed and drew every
+    picture after the first twice, with two toasts for a refused file.)"""
+
+    def run(d: Driver, watch: Watch) -> None:
+        page = d.page
+        joins: list[int] = []
+
+        def on_request(request: object) -> None:
+            url, body = getattr(request, "url", ""), getattr(request, "post_data", None)
+            if "/queue/join" in url and body:
+                joins.append(int(json.loads(body)["fn_index"]))
+
+        page.on("request", on_request)
+        runs: dict[str, list[int]] = {}
+        d.upload(ASSETS / "cat.jpg")
+        for what, give in [("upload over an image", lambda: d.upload(ASSETS / "palace.jpg")),
+                           ("example over an upload", lambda: d.example(3))]:
+            joins.clear()
+            give()
+            d.idle()
+            runs[what] = list(joins)
+        for what, events in runs.items():
+            assert len(events) >= 5 and len(events) == len(set(events)), (what, events)  # analysis + panels
+        joins.clear()
+        notes = tmp_path / "notes.png"
+        notes.write_text("a shopping list, not a picture\n" * 20)
+        page.locator("#image input[type=file]").set_input_files(str(notes))
+        toast = page.get_by_test_id("toast-body").first
+        toast.wait_for(timeout=60_000)
+        d.idle()
+        assert len(joins) == 1, joins  # the analysis alone, refused: no panels follow
+        assert len([line for line in toast.inner_text().splitlines() if line.endswith(".")]) == 1, toast.inner_text()
+
+    with_page(server.url, run)

@@ -326,16 +326,23 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                              concurrency_limit=CONCURRENCY, trigger_mode="always_last",
                              show_progress_on=[c[n] for n in PICTURES], **kwargs)
 
-        # One event for upload, webcam, paste and example clicks: the top-5 first, then the pictures. We decode
-        # uploads ourselves (preprocess=False) so that our intake, not Gradio, owns every error message.
-        # Progress (and, on a refused file, Gradio's "Error" badge) on the predictions only; the sentence itself
-        # is the toast.
-        then_panels(on([c["image"].change], first_look, ["image", "arch", "device", *view_inputs], first_outputs,
+        # A new image: the top-5 first, then the pictures. We decode uploads ourselves (preprocess=False) so that
+        # our intake, not Gradio, owns every error message. Progress (and, on a refused file, Gradio's "Error"
+        # badge) on the predictions only; the sentence itself is the toast.
+        # Not the image's `change`: Gradio 6.31 fires it twice, with the same file, when an upload replaces an
+        # image (tests/test_page_walk.py counts the events), so every new picture was analysed and drawn twice.
+        # `upload` fires once for a file, a webcam photo and a paste; an example click sets the image itself
+        # (no event of the image's) and runs the same handler after it.
+        look_inputs = [c[n] for n in ["image", "arch", "device", *view_inputs]]
+        then_panels(on([c["image"].upload], first_look, ["image", "arch", "device", *view_inputs], first_outputs,
                        api_name="analyze", preprocess=False, trigger_mode="always_last",
                        show_progress_on=[c["top5"]]),
                     api_name="panels", api_visibility="undocumented")
-        on([c["examples"].select], h.pick_example, [], ["image", "example_caption"], api_visibility="private",
-           **instant)
+        picked = on([c["examples"].select], h.pick_example, [], ["image", "example_caption"],
+                    api_visibility="private", **instant)
+        then_panels(picked.success(_event(first_look, first_outputs), look_inputs, [c[n] for n in first_outputs],
+                                   api_visibility="private", preprocess=False, trigger_mode="always_last",
+                                   show_progress_on=[c["top5"]]), api_visibility="private")
         on([c["layer"].input, c["sort"].input, c["cmap"].input], h.show_layer,
            ["session", "layer", "sort", "cmap", "opacity"], [*layer_outputs, "strongest"], api_name="show_layer")
         on([c["channel"].release, c["opacity"].release], h.show_channel, ["session", "channel", "opacity"],
@@ -382,8 +389,8 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         then_panels(switched.success(
             _event(h.architecture, arch_outputs), [c["arch"]], [c[n] for n in arch_outputs],
             api_visibility="private").success(
-            _event(first_look, first_outputs), [c[n] for n in ["image", "arch", "device", *view_inputs]],
-            [c[n] for n in first_outputs], api_visibility="private", preprocess=False,
+            _event(first_look, first_outputs), look_inputs, [c[n] for n in first_outputs],
+            api_visibility="private", preprocess=False,
             show_progress_on=[c["top5"]]), api_visibility="private")
         switched.failure(_event(h.current_model, ["arch", "device"]), [c["session"]], [c["arch"], c["device"]],
                          api_visibility="private", **instant)
