@@ -975,12 +975,15 @@ def top_k_chart(
 
 
 def tile_at(
-    grid_size: tuple[int, int], n: int, xy: Sequence[float], *, gap: int = 1, columns: int | None = None
+    grid_size: tuple[int, int], n: int, xy: Sequence[float], *, gap: int = 1, columns: int | None = None,
+    snap: bool = False,
 ) -> int | None:
     """The tile under pixel `xy` = (x, y) of a grid of `n` tiles drawn `grid_size` = (W, H) px with `gap`.
 
     Inverts the layout of `feature_grid` / `filter_grid` (which share `grid_layout`), so a click on the
-    image can pick a channel. None for the gaps between tiles, unused cells and points outside.
+    image can pick a channel. None for the gaps between tiles, unused cells and points outside; with `snap`,
+    a point in a gap is the tile before that gap (left or above), so that a click a pixel off a tile still
+    picks it (the middle of an even grid is a gap: about 4% of a filter grid's area is).
     """
     rows, cols = grid_layout(n, columns=columns)
     width, height = grid_size
@@ -989,7 +992,7 @@ def tile_at(
     if not (0 <= x < width and 0 <= y < height):
         return None
     col, row = int(x // pitch_x), int(y // pitch_y)
-    if x - col * pitch_x >= pitch_x - gap or y - row * pitch_y >= pitch_y - gap:
+    if not snap and (x - col * pitch_x >= pitch_x - gap or y - row * pitch_y >= pitch_y - gap):
         return None  # in a gap
     index = row * cols + col
     return index if index < n else None

@@ -629,6 +629,24 @@ def test_tile_at_matches_filter_grid_and_skips_unused_cells() -> None:
         assert render.tile_at((cols * 10, rows * 10), 7, (cols * 10 - 1, rows * 10 - 1), gap=0) is None
 
 
+@pytest.mark.parametrize(("n", "gap"), [(64, 2), (96, 2), (192, 1), (7, 3)])
+def test_tile_at_with_snap_gives_every_gap_to_the_tile_before_it(n: int, gap: int) -> None:
+    """With snap, every pixel of a used cell, its gaps included, is that cell's tile (a click a pixel off a
+    tile picks it); without snap, exactly the gap pixels are None. Empty cells and points outside stay None."""
+    image, _ = render.feature_grid(np.zeros((n, 13, 13), np.float32), gap=gap)
+    _rows, cols = render.grid_layout(n)
+    side = (image.width - gap * (cols - 1)) // cols
+    for y in range(image.height):
+        for x in range(0, image.width, 3):
+            cell = (y // (side + gap)) * cols + x // (side + gap)
+            in_gap = x % (side + gap) >= side or y % (side + gap) >= side
+            expected = cell if cell < n else None
+            assert render.tile_at(image.size, n, (x, y), gap=gap, snap=True) == expected, (x, y)
+            assert render.tile_at(image.size, n, (x, y), gap=gap) == (None if in_gap else expected), (x, y)
+    assert render.tile_at(image.size, n, (image.width, 0), gap=gap, snap=True) is None
+    assert render.tile_at(image.size, n, (0, -1), gap=gap, snap=True) is None
+
+
 def test_share_chart_bar_lengths_follow_the_shares() -> None:
     image = render.share_chart(["conv", "fc"], [0.1, 0.9], [0.8, 0.2])
     pixels = np.asarray(image)

@@ -543,9 +543,9 @@ class Handlers:
             session = session.with_scene(channel=unit)
             return {**self._layer_panels(self.model_for(session), session), "session": session}
         grid, order = export.layer_picture(session.analysis, scene.layers[0], sort=scene.sort, cmap=scene.cmap)
-        tile = render.tile_at(grid.size, len(order), evt.index)
+        tile = render.tile_at(grid.size, len(order), evt.index, snap=True)
         if tile is None:
-            raise _refuse("Click on a tile, not between them.")
+            raise _refuse("Click on a tile: this part of the grid is empty.")
         session = session.with_scene(channel=order[tile])
         return {**self._layer_panels(self.model_for(session), session), "session": session}
 
@@ -554,9 +554,9 @@ class Handlers:
         session = _need(session)
         loaded = self.model_for(session)
         n = loaded.conv1.out_channels
-        tile = render.tile_at(export.filters_picture(loaded).size, n, evt.index, gap=2)
+        tile = render.tile_at(export.filters_picture(loaded).size, n, evt.index, gap=2, snap=True)
         if tile is None:
-            raise _refuse("Click on a filter, not between them.")
+            raise _refuse("Click on a filter: this part of the grid is empty.")
         session = session.with_scene(filter=tile)
         return {**self._filters_panels(loaded, session), "session": session}
 
