@@ -5,7 +5,8 @@ The one place that tests, benchmarks and scripts launch a server from::
     with launched_app(tmp, ["--weights", "none", "--device", "cpu"]) as app:
         app.url, app.proc, app.startup_s, app.log   # http://127.0.0.1:PORT/, the Popen, seconds to /config 200
 
-The child gets its own ``GRADIO_TEMP_DIR`` (``tmp/uploads``) and ``TORCH_HOME`` (``tmp/torch``), no
+The child gets its own ``GRADIO_TEMP_DIR`` (``tmp/uploads``), ``TORCH_HOME`` (``tmp/torch``) and ``TMPDIR``
+(``tmp/tmp``: what a child ended by SIGKILL cannot remove stays out of /tmp), no
 analytics, no Hugging Face Hub, and writes its output to ``tmp/app.log`` (its tail goes to stderr if the start
 fails). ``CHROMIUM`` and ``CHROMIUM_ARGS`` are the headless browser that the tests and the screenshots drive
 (Debian's chromium through Playwright, offline). ``join_queue`` and ``until_completed`` call a page's event on
@@ -110,13 +111,14 @@ def launched_app(folder: Path, flags: Sequence[str] = UNTRAINED_CPU, *, port: in
     """Start ``python app.py FLAGS --host 127.0.0.1 --port PORT`` (or ``COMMAND --host ... --port ...``, e.g.
     another Gradio app that takes those two flags), wait until ``/config`` answers, yield it, stop it.
 
-    ``folder`` holds the child's upload folder, torch cache and ``app.log``; ``env`` adds to its environment;
-    ``port`` defaults to a free one. If the start or the ``with`` body fails, the log's last 3,000 characters
-    go to stderr."""
+    ``folder`` holds the child's upload folder, torch cache, temp folder and ``app.log``; ``env`` adds to its
+    environment; ``port`` defaults to a free one. If the start or the ``with`` body fails, the log's last 3,000
+    characters go to stderr."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tmp").mkdir(exist_ok=True)
     child_env = {**os.environ, "GRADIO_TEMP_DIR": str(folder / "uploads"), "TORCH_HOME": str(folder / "torch"),
-                 "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-                 "HF_HUB_DISABLE_TELEMETRY": "1", **(env or {})}
+                 "TMPDIR": str(folder / "tmp"), "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+                 "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", **(env or {})}
     port = port or free_port()
     url = f"http://{HOST}:{port}/"
     argv = [*(command if command is not None else app_command(flags)), "--host", HOST, "--port", str(port)]

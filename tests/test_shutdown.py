@@ -92,9 +92,8 @@ def test_open_tabs_and_running_jobs_do_not_hold_up_a_clean_stop(tmp_path: Path, 
     the process with status 143 and left the folder behind."""
     from benchmarks import page
 
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    with launched_app(tmp_path / "app", env={"TMPDIR": str(temp)}) as app:
+    with launched_app(tmp_path) as app:
+        temp = app.folder / "tmp"  # the app's TMPDIR
         assert [p.name for p in temp.glob("alexnet-viz-train-*")], "the training tab's folder is where we look"
         ended = threading.Event()
         threading.Thread(target=_hold_heartbeat, args=(app.url, "tab-left-open", ended), daemon=True).start()
