@@ -170,9 +170,24 @@ def test_clicking_a_tile_names_that_channel_everywhere(h: Handlers) -> None:
                                   pixels(out["grid"]))
     back = h.show_layer(out["session"], "conv2", False, "viridis", 0.7)
     assert back["grid"]["label"] == "All channels (click one)" and back["session"].scene.channel is None
-    out = h.pick_filter(session, gr.SelectData(None, {"index": [5, 5], "value": None}))
+    out = h.pick_filter(session, "torchvision", "cpu", gr.SelectData(None, {"index": [5, 5], "value": None}))
     assert "Filter **0**" in out["filter_info"] and out["session"].scene.filter == 0
     assert np.array_equal(pixels(out["filters"]), np.asarray(export.filters_picture(h.pool.default, selected=0)))
+
+
+def test_a_filter_clicked_before_any_image_is_outlined_and_named(h: Handlers) -> None:
+    """The filters are on the page before any image: a click there outlines the filter of the architecture
+    chosen and says what an image would add, rather than an error that blanked the grid."""
+    for arch, expected_n in (("torchvision", 64), ("cifar", 32)):
+        loaded = h.model_for(None, arch, "cpu")
+        grid = export.filters_picture(loaded)
+        _rows, cols = render.grid_layout(expected_n)
+        pitch = (grid.width + 2) / cols
+        click = [int(3 * pitch + pitch / 2), int(pitch / 2)]  # row 0, column 3
+        out = h.pick_filter(None, arch, "cpu", gr.SelectData(None, {"index": click, "value": None}))
+        assert set(out) == {"filters", "filter_info"}  # no session made, the filter's map left as it is
+        assert out["filter_info"] == f"Filter **3** of {expected_n}: give an image to see where it responds."
+        assert np.array_equal(pixels(out["filters"]), np.asarray(export.filters_picture(loaded, selected=3)))
 
 
 def test_explain_takes_options_by_name_and_restyle_redraws_the_map_on_screen(h: Handlers) -> None:

@@ -550,13 +550,17 @@ class Handlers:
         return {**self._layer_panels(self.model_for(session), session), "session": session}
 
     @friendly("picking a filter")
-    def pick_filter(self, session: Session | None, evt: gr.SelectData) -> dict[str, Any]:
-        session = _need(session)
-        loaded = self.model_for(session)
+    def pick_filter(self, session: Session | None, arch: str, device: str, evt: gr.SelectData) -> dict[str, Any]:
+        """A click on conv1's filters. Before any image (the filters are on the page from the start) it
+        outlines the filter and names it: a lecturer can point at one before showing an image."""
+        loaded = self.model_for(session) if session is not None else self.model_for(None, arch, device)
         n = loaded.conv1.out_channels
         tile = render.tile_at(export.filters_picture(loaded).size, n, evt.index, gap=2, snap=True)
         if tile is None:
             raise _refuse("Click on a filter: this part of the grid is empty.")
+        if session is None:
+            return {"filters": export.filters_picture(loaded, selected=tile),
+                    "filter_info": f"Filter **{tile}** of {n}: give an image to see where it responds."}
         session = session.with_scene(filter=tile)
         return {**self._filters_panels(loaded, session), "session": session}
 

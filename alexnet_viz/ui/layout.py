@@ -347,8 +347,12 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
            ["session", "layer", "sort", "cmap", "opacity"], [*layer_outputs, "strongest"], api_name="show_layer")
         on([c["channel"].release, c["opacity"].release], h.show_channel, ["session", "channel", "opacity"],
            [*layer_outputs, *filter_outputs[1:]], api_name="show_channel")
-        on([c["grid"].select], h.pick_tile, ["session"], layer_outputs, api_visibility="private")
-        on([c["filters"].select], h.pick_filter, ["session"], filter_outputs, api_visibility="private")
+        # A click's progress (and any refusal's "Error" badge) on the picture it draws, never on the one clicked:
+        # Gradio hides a component's picture under that badge.
+        on([c["grid"].select], h.pick_tile, ["session"], layer_outputs, api_visibility="private",
+           show_progress_on=[c["channel_view"]])
+        on([c["filters"].select], h.pick_filter, ["session", "arch", "device"], filter_outputs,
+           api_visibility="private", show_progress_on=[c["filter_map"]])
 
         option_inputs = [f"opt_{n}" for n in option_names]
 
