@@ -334,10 +334,13 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         # `upload` fires once for a file, a webcam photo and a paste; an example click sets the image itself
         # (no event of the image's) and runs the same handler after it.
         look_inputs = [c[n] for n in ["image", "arch", "device", *view_inputs]]
-        then_panels(on([c["image"].upload], first_look, ["image", "arch", "device", *view_inputs], first_outputs,
-                       api_name="analyze", preprocess=False, trigger_mode="always_last",
-                       show_progress_on=[c["top5"]]),
-                    api_name="panels", api_visibility="undocumented")
+        uploaded = on([c["image"].upload], first_look, ["image", "arch", "device", *view_inputs], first_outputs,
+                      api_name="analyze", preprocess=False, trigger_mode="always_last",
+                      show_progress_on=[c["top5"]])
+        then_panels(uploaded, api_name="panels", api_visibility="undocumented")
+        # A refused file leaves the box empty (Gradio would keep showing it, as a broken picture), ready for the
+        # next try; the page keeps the last image that was analysed.
+        uploaded.failure(lambda: None, None, [c["image"]], api_visibility="private", **instant)
         picked = on([c["examples"].select], h.pick_example, [], ["image", "example_caption"],
                     api_visibility="private", **instant)
         then_panels(picked.success(_event(first_look, first_outputs), look_inputs, [c[n] for n in first_outputs],
