@@ -333,19 +333,23 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
         # image (tests/test_page_walk.py counts the events), so every new picture was analysed and drawn twice.
         # `upload` fires once for a file, a webcam photo and a paste; an example click sets the image itself
         # (no event of the image's) and runs the same handler after it.
-        look_inputs = [c[n] for n in ["image", "arch", "device", *view_inputs]]
-        uploaded = on([c["image"].upload], first_look, ["image", "arch", "device", *view_inputs], first_outputs,
-                      api_name="analyze", preprocess=False, trigger_mode="always_last",
-                      show_progress_on=[c["top5"]])
+        look_inputs = ["image", "arch", "device", *view_inputs]
+
+        def look_after(step: Any, **kwargs: Any) -> None:
+            """Once ``step`` has succeeded (it set the image or the model): the first look, then the panels."""
+            then_panels(step.success(_event(first_look, first_outputs), [c[n] for n in look_inputs],
+                                     [c[n] for n in first_outputs], api_visibility="private", preprocess=False,
+                                     show_progress_on=[c["top5"]], **kwargs), api_visibility="private")
+
+        uploaded = on([c["image"].upload], first_look, look_inputs, first_outputs, api_name="analyze",
+                      preprocess=False, trigger_mode="always_last", show_progress_on=[c["top5"]])
         then_panels(uploaded, api_name="panels", api_visibility="undocumented")
         # A refused file leaves the box empty (Gradio would keep showing it, as a broken picture), ready for the
         # next try; the page keeps the last image that was analysed.
         uploaded.failure(lambda: None, None, [c["image"]], api_visibility="private", **instant)
         picked = on([c["examples"].select], h.pick_example, [], ["image", "example_caption"],
                     api_visibility="private", **instant)
-        then_panels(picked.success(_event(first_look, first_outputs), look_inputs, [c[n] for n in first_outputs],
-                                   api_visibility="private", preprocess=False, trigger_mode="always_last",
-                                   show_progress_on=[c["top5"]]), api_visibility="private")
+        look_after(picked, trigger_mode="always_last")
         on([c["layer"].input, c["sort"].input, c["cmap"].input], h.show_layer,
            ["session", "layer", "sort", "cmap", "opacity"], [*layer_outputs, "strongest"], api_name="show_layer")
         on([c["channel"].release, c["opacity"].release], h.show_channel, ["session", "channel", "opacity"],
@@ -393,12 +397,8 @@ def build_demo(pool: ModelPool, *, presenter: bool = False) -> gr.Blocks:
                       ["banner", "target", "filters", "filters_caption", "untrained_box", "untrained",
                        "untrained_note"], api_visibility="private")
         arch_outputs = ["arch_table", "arch_chart", "arch_text"]
-        then_panels(switched.success(
-            _event(h.architecture, arch_outputs), [c["arch"]], [c[n] for n in arch_outputs],
-            api_visibility="private").success(
-            _event(first_look, first_outputs), look_inputs, [c[n] for n in first_outputs],
-            api_visibility="private", preprocess=False,
-            show_progress_on=[c["top5"]]), api_visibility="private")
+        look_after(switched.success(_event(h.architecture, arch_outputs), [c["arch"]], [c[n] for n in arch_outputs],
+                                    api_visibility="private"))
         switched.failure(_event(h.current_model, ["arch", "device"]), [c["session"]], [c["arch"], c["device"]],
                          api_visibility="private", **instant)
         untrained_box.expand(_event(h.untrained_filters, ["untrained", "untrained_note"]), [c["session"]],
